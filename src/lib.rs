@@ -1,0 +1,6 @@
+//! adlsfs: mount Azure Data Lake Storage / Blob containers read-only, materialising each
+//! file into a verified node-local cache on first open.
+
+pub mod digest;
+pub mod location;
+pub mod storage;

@@ -1,0 +1,343 @@
+//! [`BlobStore`] on Azure Blob Storage: ranged reads and uploads through `object_store`,
+//! listing, HEAD and container creation through adlsfs's own REST calls ([`rest`]).
+
+mod list_xml;
+mod rest;
+mod shared_key;
+
+use super::credentials::{Access, Credential};
+use super::{BlobMeta, BlobStore, DirListing, Metadata, Result, RetryPolicy, StorageError};
+use crate::location::Location;
+use async_trait::async_trait;
+use bytes::Bytes;
+use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
+use object_store::path::Path as ObjectPath;
+use object_store::{
+    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+};
+use rest::{RestAuth, RestClient};
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use url::Url;
+
+/// Bound on establishing a TCP/TLS connection; an unreachable endpoint fails fast and the
+/// retry budget decides how long to keep trying.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upload part size for files too big for one Put Blob in memory.
+const UPLOAD_PART_SIZE: usize = 8 << 20;
+const UPLOAD_CONCURRENCY: usize = 4;
+
+/// Everything needed to talk to one container.
+#[derive(Debug, Clone)]
+pub struct AzureConfig {
+    pub account: String,
+    pub container: String,
+    /// The account's blob service URL, e.g. `https://acct.blob.core.windows.net` or
+    /// `http://127.0.0.1:10000/devstoreaccount1` for Azurite.
+    pub endpoint: Url,
+    pub credential: Credential,
+    pub retry: RetryPolicy,
+}
+
+impl AzureConfig {
+    /// Combines a location, an optional endpoint override and the resolved credentials.
+    /// The endpoint is, in order: the override, the connection string's, the location's,
+    /// the public cloud's.
+    pub fn new(
+        location: &Location,
+        endpoint_override: Option<Url>,
+        access: Access,
+        retry: RetryPolicy,
+    ) -> Result<Self> {
+        if let Some(account) = &access.account {
+            if *account != location.account {
+                return Err(StorageError::Credentials(format!(
+                    "the connection string is for account {account:?} but the location names {:?}",
+                    location.account
+                )));
+            }
+        }
+        let endpoint = match endpoint_override
+            .or(access.endpoint)
+            .or_else(|| location.endpoint.clone())
+        {
+            Some(url) => url,
+            None => Url::parse(&format!("https://{}.blob.core.windows.net", location.account))
+                .map_err(|e| StorageError::Config(e.to_string()))?,
+        };
+        if !matches!(endpoint.scheme(), "http" | "https") || endpoint.cannot_be_a_base() {
+            return Err(StorageError::Config(format!(
+                "endpoint {endpoint} must be an http(s) URL"
+            )));
+        }
+        Ok(Self {
+            account: location.account.clone(),
+            container: location.container.clone(),
+            endpoint,
+            credential: access.credential,
+            retry,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub struct AzureStore {
+    store: MicrosoftAzure,
+    rest: RestClient,
+}
+
+impl AzureStore {
+    pub fn new(config: AzureConfig) -> Result<Self> {
+        let endpoint_text = config.endpoint.as_str().trim_end_matches('/').to_string();
+        let allow_http = config.endpoint.scheme() == "http";
+        let client_options = ClientOptions::new()
+            .with_allow_http(allow_http)
+            .with_connect_timeout(CONNECT_TIMEOUT);
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: config.retry.initial_backoff,
+                max_backoff: config.retry.max_backoff,
+                base: 2.0,
+            },
+            max_retries: 10,
+            retry_timeout: config.retry.budget,
+        };
+        let mut builder = MicrosoftAzureBuilder::new()
+            .with_account(&config.account)
+            .with_container_name(&config.container)
+            .with_endpoint(endpoint_text)
+            .with_allow_http(allow_http)
+            .with_client_options(client_options)
+            .with_retry(retry);
+        let bad_credential = |e: object_store::Error| StorageError::Credentials(e.to_string());
+        builder = match &config.credential {
+            Credential::AccountKey(key) => builder.with_access_key(key.expose()),
+            Credential::Sas(sas) => builder.with_sas_authorization(
+                object_store::azure::split_sas(sas.expose()).map_err(bad_credential)?,
+            ),
+            Credential::Anonymous => builder.with_skip_signature(true),
+            Credential::Token(vars) => {
+                for (name, value) in vars {
+                    let v = value.expose();
+                    builder = match name.as_str() {
+                        "AZURE_CLIENT_ID" => builder.with_client_id(v),
+                        "AZURE_TENANT_ID" => builder.with_tenant_id(v),
+                        "AZURE_FEDERATED_TOKEN_FILE" => builder.with_federated_token_file(v),
+                        "AZURE_CLIENT_SECRET" => builder.with_client_secret(v),
+                        "AZURE_USE_AZURE_CLI" => builder.with_use_azure_cli(v == "true"),
+                        "AZURE_MSI_ENDPOINT" => builder.with_msi_endpoint(v),
+                        _ => builder,
+                    };
+                }
+                builder
+            }
+        };
+        let store = builder.build().map_err(|e| match &config.credential {
+            Credential::AccountKey(_) => StorageError::Credentials(format!(
+                "the account key is not usable (it must be the base64 key from the portal): {e}"
+            )),
+            _ => StorageError::Config(e.to_string()),
+        })?;
+        let auth = match &config.credential {
+            Credential::AccountKey(key) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(key.expose())
+                    .map_err(|_| StorageError::Credentials("the account key is not base64".into()))?;
+                RestAuth::SharedKey(bytes)
+            }
+            Credential::Sas(sas) => RestAuth::Sas(
+                object_store::azure::split_sas(sas.expose()).map_err(bad_credential)?,
+            ),
+            Credential::Anonymous => RestAuth::Anonymous,
+            Credential::Token(_) => RestAuth::Provider(store.credentials().clone()),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| StorageError::Config(e.to_string()))?;
+        let rest = RestClient {
+            http,
+            account: config.account,
+            container: config.container,
+            endpoint: config.endpoint,
+            auth,
+            retry: config.retry,
+        };
+        Ok(Self { store, rest })
+    }
+
+    /// Creates the container if it does not exist; true when it was created.
+    pub async fn create_container(&self) -> Result<bool> {
+        self.rest.create_container().await
+    }
+
+    /// The blob's URL without any credential.
+    pub fn blob_url(&self, name: &str) -> Result<Url> {
+        self.rest.blob_url(name)
+    }
+
+    fn object_path(&self, name: &str) -> Result<ObjectPath> {
+        ObjectPath::parse(name).map_err(|e| StorageError::Client {
+            what: name.to_string(),
+            message: format!("blob name cannot be addressed: {e}"),
+        })
+    }
+
+    fn map_error(&self, name: &str, err: object_store::Error) -> StorageError {
+        use object_store::Error as E;
+        match err {
+            E::NotFound { .. } => StorageError::NotFound {
+                name: name.to_string(),
+            },
+            E::Precondition { .. } => StorageError::Changed {
+                name: name.to_string(),
+                etag: String::new(),
+            },
+            E::Unauthenticated { .. } | E::PermissionDenied { .. } => StorageError::Auth {
+                what: format!("{name} in {}/{}", self.rest.account, self.rest.container),
+                status: 403,
+                code: "AuthenticationFailed".into(),
+            },
+            E::Generic { source, .. } => self.map_generic(name, source),
+            other => StorageError::Client {
+                what: name.to_string(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// object_store has already retried; a connection-level cause in the chain means the
+    /// endpoint could not be reached, anything else is reported as the service's answer.
+    fn map_generic(
+        &self,
+        name: &str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> StorageError {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(err) = cause {
+            if let Some(http) = err.downcast_ref::<HttpError>() {
+                if matches!(
+                    http.kind(),
+                    HttpErrorKind::Connect | HttpErrorKind::Timeout | HttpErrorKind::Interrupted
+                ) {
+                    return StorageError::Unreachable {
+                        endpoint: self.rest.endpoint.to_string(),
+                        attempts: 1,
+                        elapsed: Duration::ZERO,
+                        cause: source.to_string(),
+                    };
+                }
+            }
+            cause = err.source();
+        }
+        StorageError::Client {
+            what: name.to_string(),
+            message: source.to_string(),
+        }
+    }
+
+    fn put_attributes(metadata: &Metadata) -> Attributes {
+        let mut attributes = Attributes::new();
+        for (k, v) in metadata {
+            attributes.insert(Attribute::Metadata(k.clone().into()), v.clone().into());
+        }
+        attributes
+    }
+}
+
+#[async_trait]
+impl BlobStore for AzureStore {
+    async fn list_dir(&self, prefix: &str) -> Result<DirListing> {
+        self.rest.list_dir(prefix).await
+    }
+
+    async fn head(&self, name: &str) -> Result<BlobMeta> {
+        self.rest.head(name).await
+    }
+
+    async fn read(&self, name: &str, range: Option<Range<u64>>, etag: &str) -> Result<Bytes> {
+        let path = self.object_path(name)?;
+        let expected = range.as_ref().map(|r| r.end - r.start);
+        let options = GetOptions {
+            if_match: Some(etag.to_string()),
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = self
+            .store
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| self.map_error(name, e))?;
+        let bytes = result.bytes().await.map_err(|e| self.map_error(name, e))?;
+        if let Some(expected) = expected {
+            if bytes.len() as u64 != expected {
+                return Err(StorageError::Service {
+                    what: name.to_string(),
+                    status: 206,
+                    code: "ShortBody".into(),
+                    message: format!("expected {expected} bytes, received {}", bytes.len()),
+                });
+            }
+        }
+        Ok(bytes)
+    }
+
+    async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta> {
+        let path = self.object_path(name)?;
+        let options = PutOptions {
+            attributes: Self::put_attributes(metadata),
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&path, PutPayload::from(data), options)
+            .await
+            .map_err(|e| self.map_error(name, e))?;
+        self.head(name).await
+    }
+
+    /// Small files go up in one Put Blob (the service then records Content-MD5); larger
+    /// ones stream in blocks, never holding more than a few parts in memory.
+    async fn put_file(&self, name: &str, path: &Path, metadata: &Metadata) -> Result<BlobMeta> {
+        let io_err = |source| StorageError::LocalIo {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = tokio::fs::File::open(path).await.map_err(io_err)?;
+        let size = file.metadata().await.map_err(io_err)?.len();
+        if size <= UPLOAD_PART_SIZE as u64 {
+            let mut data = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut data).await.map_err(io_err)?;
+            return self.put(name, Bytes::from(data), metadata).await;
+        }
+        let object_path = self.object_path(name)?;
+        let options = PutMultipartOptions {
+            attributes: Self::put_attributes(metadata),
+            ..Default::default()
+        };
+        let upload = self
+            .store
+            .put_multipart_opts(&object_path, options)
+            .await
+            .map_err(|e| self.map_error(name, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
+        let mut buf = vec![0u8; UPLOAD_PART_SIZE];
+        loop {
+            let n = file.read(&mut buf).await.map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            writer
+                .wait_for_capacity(UPLOAD_CONCURRENCY)
+                .await
+                .map_err(|e| self.map_error(name, e))?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await.map_err(|e| self.map_error(name, e))?;
+        self.head(name).await
+    }
+}

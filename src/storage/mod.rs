@@ -1,0 +1,139 @@
+//! The object store as adlsfs sees it: one small trait, [`BlobStore`], with an Azure
+//! implementation ([`azure::AzureStore`]) and an in-memory fake ([`memory::MemoryStore`]).
+//! Nothing outside this module sees `object_store` or HTTP types.
+
+pub mod azure;
+pub mod credentials;
+pub mod memory;
+mod retry;
+
+use crate::digest::{DigestError, Md5Digest, Xxh3Digest, XXH3_METADATA_KEY};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+pub use retry::RetryPolicy;
+
+/// User metadata of a blob (`x-ms-meta-*`), keys as stored.
+pub type Metadata = BTreeMap<String, String>;
+
+/// What the service knows about one blob, from a listing or a HEAD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// Full blob name inside the container.
+    pub name: String,
+    pub size: u64,
+    pub last_modified: SystemTime,
+    /// ETag in its HTTP form, with the quotes (`"0x8DC..."`).
+    pub etag: String,
+    pub content_md5: Option<Md5Digest>,
+    pub metadata: Metadata,
+}
+
+impl BlobMeta {
+    /// The xxh3_128 digest recorded in metadata, if any. A malformed value is an error, not
+    /// "no digest": the blob claims a digest that can't be checked.
+    pub fn xxh3(&self) -> Result<Option<Xxh3Digest>, DigestError> {
+        self.metadata
+            .get(XXH3_METADATA_KEY)
+            .map(|v| Xxh3Digest::from_base64(v))
+            .transpose()
+    }
+}
+
+/// One level of a hierarchical listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirListing {
+    /// Blobs directly under the prefix.
+    pub files: Vec<BlobMeta>,
+    /// Sub-prefixes, each the full prefix ending in `/` (as the service returns them).
+    pub dirs: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("blob {name:?} not found")]
+    NotFound { name: String },
+    #[error("container {container:?} not found in account {account:?}")]
+    ContainerNotFound { account: String, container: String },
+    #[error("blob {name:?} changed on the server (its ETag is no longer {etag})")]
+    Changed { name: String, etag: String },
+    #[error("access to {what} was refused ({status} {code}): check the credentials (AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_CONNECTION_STRING, workload identity) and that they grant read access")]
+    Auth {
+        what: String,
+        status: u16,
+        code: String,
+    },
+    #[error("could not reach the storage endpoint {endpoint} after {attempts} attempt(s) over {elapsed:?}: {cause}")]
+    Unreachable {
+        endpoint: String,
+        attempts: u32,
+        elapsed: Duration,
+        cause: String,
+    },
+    #[error("the storage service answered {status} {code} for {what}: {message}")]
+    Service {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("credentials: {0}")]
+    Credentials(String),
+    #[error("storage configuration: {0}")]
+    Config(String),
+    #[error("reading {path}: {source}")]
+    LocalIo {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("storage client error for {what}: {message}")]
+    Client { what: String, message: String },
+}
+
+impl StorageError {
+    /// True for faults worth retrying (throttling, server errors, broken connections).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Unreachable { .. } => true,
+            StorageError::Service { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The operations adlsfs needs from a container. Blob names are full names inside the
+/// container; prefixes passed to [`BlobStore::list_dir`] are empty or end in `/`.
+#[async_trait]
+pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
+    /// One directory level under `prefix` (delimiter `/`), all pages. Names the service
+    /// returns are passed through raw, odd ones included (`a//b`, `..`): mapping them to
+    /// POSIX names is the filesystem's job.
+    async fn list_dir(&self, prefix: &str) -> Result<DirListing>;
+
+    /// Properties, metadata and Content-MD5 of one blob.
+    async fn head(&self, name: &str) -> Result<BlobMeta>;
+
+    /// Bytes `range` of the blob, only while its ETag is still `etag`; [`StorageError::Changed`]
+    /// otherwise. `None` reads the whole blob (the only way to read an empty one).
+    async fn read(&self, name: &str, range: Option<Range<u64>>, etag: &str) -> Result<Bytes>;
+
+    /// Creates or replaces a blob with `data` and user `metadata`.
+    async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta>;
+
+    /// Uploads a local file. The default reads it whole; stores that can stream override it.
+    async fn put_file(&self, name: &str, path: &Path, metadata: &Metadata) -> Result<BlobMeta> {
+        let data = tokio::fs::read(path)
+            .await
+            .map_err(|source| StorageError::LocalIo {
+                path: path.display().to_string(),
+                source,
+            })?;
+        self.put(name, Bytes::from(data), metadata).await
+    }
+}
