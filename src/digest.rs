@@ -205,6 +205,9 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(hex, "6f5902ac237024bdd0c176cb93063dc4");
-        assert_eq!(md5_reader(&b"hello world\n"[..]).unwrap(), md5(b"hello world\n"));
+        assert_eq!(
+            md5_reader(&b"hello world\n"[..]).unwrap(),
+            md5(b"hello world\n")
+        );
     }
 }

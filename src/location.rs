@@ -89,9 +89,7 @@ impl FromStr for Location {
             input: input.to_string(),
             reason: reason.to_string(),
         };
-        let (scheme, rest) = input
-            .split_once("://")
-            .ok_or_else(|| err("no scheme"))?;
+        let (scheme, rest) = input.split_once("://").ok_or_else(|| err("no scheme"))?;
         let located = match scheme.to_ascii_lowercase().as_str() {
             "adls" => parse_adls(rest),
             "abfss" | "abfs" => parse_abfss(scheme, rest),
@@ -252,7 +250,10 @@ mod tests {
     #[test]
     fn adls_form_with_and_without_prefix() {
         let l = loc("adls://acct/data");
-        assert_eq!((l.account.as_str(), l.container.as_str(), l.prefix.as_str()), ("acct", "data", ""));
+        assert_eq!(
+            (l.account.as_str(), l.container.as_str(), l.prefix.as_str()),
+            ("acct", "data", "")
+        );
         let l = loc("adls://acct/data/a/b c/");
         assert_eq!(l.prefix, "a/b c");
         assert_eq!(l.to_string(), "adls://acct/data/a/b c");
@@ -265,8 +266,14 @@ mod tests {
     #[test]
     fn abfss_and_https_forms_agree_with_adls() {
         let expected = loc("adls://acct/data/some dir/x");
-        assert_eq!(loc("abfss://data@acct.dfs.core.windows.net/some%20dir/x"), expected);
-        assert_eq!(loc("https://acct.blob.core.windows.net/data/some%20dir/x"), expected);
+        assert_eq!(
+            loc("abfss://data@acct.dfs.core.windows.net/some%20dir/x"),
+            expected
+        );
+        assert_eq!(
+            loc("https://acct.blob.core.windows.net/data/some%20dir/x"),
+            expected
+        );
     }
 
     #[test]
@@ -306,7 +313,10 @@ mod tests {
         ] {
             let e = bad.parse::<Location>().unwrap_err();
             let text = e.to_string();
-            assert!(text.contains("adls://<account>/<container>"), "{bad}: {text}");
+            assert!(
+                text.contains("adls://<account>/<container>"),
+                "{bad}: {text}"
+            );
             assert!(text.contains("abfss://"), "{bad}: {text}");
         }
     }

@@ -180,9 +180,8 @@ pub fn parse_connection_string(cs: &str) -> Result<Access, StorageError> {
         fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
     }
     let get = |k: &str| fields.get(k).map(String::as_str);
-    let parse_url = |u: &str| {
-        Url::parse(u).map_err(|e| err(&format!("endpoint {u:?} is not a URL: {e}")))
-    };
+    let parse_url =
+        |u: &str| Url::parse(u).map_err(|e| err(&format!("endpoint {u:?} is not a URL: {e}")));
     if get("usedevelopmentstorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         let base = get("developmentstorageproxyuri").unwrap_or(EMULATOR_DEFAULT_URL);
         let endpoint = parse_url(&format!(
@@ -236,14 +235,20 @@ mod tests {
 
     #[test]
     fn development_storage_means_azurite_with_the_well_known_key() {
-        let a = resolve(&vars(&[(CONNECTION_STRING_VAR, "UseDevelopmentStorage=true")]), false)
-            .unwrap();
+        let a = resolve(
+            &vars(&[(CONNECTION_STRING_VAR, "UseDevelopmentStorage=true")]),
+            false,
+        )
+        .unwrap();
         assert_eq!(a.account.as_deref(), Some(EMULATOR_ACCOUNT));
         assert_eq!(
             a.endpoint.unwrap().as_str(),
             "http://127.0.0.1:10000/devstoreaccount1"
         );
-        assert_eq!(a.credential, Credential::AccountKey(Secret::new(EMULATOR_KEY)));
+        assert_eq!(
+            a.credential,
+            Credential::AccountKey(Secret::new(EMULATOR_KEY))
+        );
 
         let a = parse_connection_string(
             "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://127.0.0.1:4321",
@@ -263,7 +268,10 @@ mod tests {
         .unwrap();
         assert_eq!(a.account.as_deref(), Some("devstoreaccount1"));
         assert_eq!(a.credential, Credential::AccountKey(Secret::new("a2V5")));
-        assert_eq!(a.endpoint.unwrap().as_str(), "http://127.0.0.1:9/devstoreaccount1");
+        assert_eq!(
+            a.endpoint.unwrap().as_str(),
+            "http://127.0.0.1:9/devstoreaccount1"
+        );
     }
 
     #[test]
@@ -272,7 +280,10 @@ mod tests {
             "AccountName=acct;SharedAccessSignature=?sv=2022&sig=ab%3D%3D;EndpointSuffix=core.chinacloudapi.cn",
         )
         .unwrap();
-        assert_eq!(a.credential, Credential::Sas(Secret::new("sv=2022&sig=ab%3D%3D")));
+        assert_eq!(
+            a.credential,
+            Credential::Sas(Secret::new("sv=2022&sig=ab%3D%3D"))
+        );
         assert_eq!(
             a.endpoint.unwrap().as_str(),
             "https://acct.blob.core.chinacloudapi.cn/"
@@ -281,7 +292,9 @@ mod tests {
 
     #[test]
     fn bad_connection_strings_say_what_is_missing() {
-        let e = parse_connection_string("AccountName=acct").unwrap_err().to_string();
+        let e = parse_connection_string("AccountName=acct")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("AccountKey"), "{e}");
         let e = parse_connection_string("garbage").unwrap_err().to_string();
         assert!(e.contains("Key=Value"), "{e}");
@@ -290,7 +303,10 @@ mod tests {
     #[test]
     fn precedence_key_then_sas_then_token_flows() {
         let key_and_sas = vars(&[(ACCOUNT_KEY_VAR, "a2V5"), (SAS_TOKEN_VAR, "?sv=1&sig=x")]);
-        assert_eq!(resolve(&key_and_sas, false).unwrap().credential.kind(), "account key");
+        assert_eq!(
+            resolve(&key_and_sas, false).unwrap().credential.kind(),
+            "account key"
+        );
         let sas = vars(&[(SAS_TOKEN_VAR, "?sv=1&sig=x")]);
         assert_eq!(
             resolve(&sas, false).unwrap().credential,
@@ -301,9 +317,18 @@ mod tests {
             ("AZURE_TENANT_ID", "t"),
             ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token"),
         ]);
-        assert_eq!(resolve(&wi, false).unwrap().credential.kind(), "workload identity");
-        assert_eq!(resolve(&vars(&[]), false).unwrap().credential.kind(), "managed identity");
-        assert_eq!(resolve(&key_and_sas, true).unwrap().credential, Credential::Anonymous);
+        assert_eq!(
+            resolve(&wi, false).unwrap().credential.kind(),
+            "workload identity"
+        );
+        assert_eq!(
+            resolve(&vars(&[]), false).unwrap().credential.kind(),
+            "managed identity"
+        );
+        assert_eq!(
+            resolve(&key_and_sas, true).unwrap().credential,
+            Credential::Anonymous
+        );
     }
 
     #[test]

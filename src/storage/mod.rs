@@ -99,7 +99,9 @@ impl StorageError {
     pub fn is_transient(&self) -> bool {
         match self {
             StorageError::Unreachable { .. } => true,
-            StorageError::Service { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            StorageError::Service { status, .. } => {
+                *status == 408 || *status == 429 || *status >= 500
+            }
             _ => false,
         }
     }

@@ -41,9 +41,10 @@ pub fn parse_list_page(xml: &str) -> Result<ListPage, String> {
                     blob = Some(BlobBuilder::default());
                 }
                 if tag == "Name" {
-                    name_encoded = e.attributes().flatten().any(|a| {
-                        a.key.as_ref() == b"Encoded" && a.value.as_ref() == b"true"
-                    });
+                    name_encoded = e
+                        .attributes()
+                        .flatten()
+                        .any(|a| a.key.as_ref() == b"Encoded" && a.value.as_ref() == b"true");
                 }
                 path.push(tag);
                 text.clear();
@@ -72,7 +73,9 @@ pub fn parse_list_page(xml: &str) -> Result<ListPage, String> {
                             b.name = Some(decode_name(&value, name_encoded)?);
                         }
                     }
-                    ("BlobPrefix", "Name") => page.prefixes.push(decode_name(&value, name_encoded)?),
+                    ("BlobPrefix", "Name") => {
+                        page.prefixes.push(decode_name(&value, name_encoded)?)
+                    }
                     ("Properties", "Content-Length") => {
                         if let Some(b) = blob.as_mut() {
                             b.size = value
@@ -191,16 +194,18 @@ mod tests {
         );
         let b = &page.blobs[1];
         assert_eq!(b.name, "dir/ctl\u{1}x");
-        assert_eq!((b.size, b.etag.as_str(), b.content_md5), (0, "\"0x8DC2\"", None));
+        assert_eq!(
+            (b.size, b.etag.as_str(), b.content_md5),
+            (0, "\"0x8DC2\"", None)
+        );
         assert!(b.metadata.is_empty());
     }
 
     #[test]
     fn last_page_has_no_marker() {
-        let page = parse_list_page(
-            "<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>",
-        )
-        .unwrap();
+        let page =
+            parse_list_page("<EnumerationResults><Blobs/><NextMarker/></EnumerationResults>")
+                .unwrap();
         assert!(page.next_marker.is_none() && page.blobs.is_empty());
     }
 }

@@ -14,7 +14,7 @@ use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
     Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+    PutMultipartOptions, RetryConfig, WriteMultipart,
 };
 use rest::{RestAuth, RestClient};
 use std::ops::Range;
@@ -65,8 +65,11 @@ impl AzureConfig {
             .or_else(|| location.endpoint.clone())
         {
             Some(url) => url,
-            None => Url::parse(&format!("https://{}.blob.core.windows.net", location.account))
-                .map_err(|e| StorageError::Config(e.to_string()))?,
+            None => Url::parse(&format!(
+                "https://{}.blob.core.windows.net",
+                location.account
+            ))
+            .map_err(|e| StorageError::Config(e.to_string()))?,
         };
         if !matches!(endpoint.scheme(), "http" | "https") || endpoint.cannot_be_a_base() {
             return Err(StorageError::Config(format!(
@@ -146,12 +149,14 @@ impl AzureStore {
                 use base64::Engine;
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(key.expose())
-                    .map_err(|_| StorageError::Credentials("the account key is not base64".into()))?;
+                    .map_err(|_| {
+                        StorageError::Credentials("the account key is not base64".into())
+                    })?;
                 RestAuth::SharedKey(bytes)
             }
-            Credential::Sas(sas) => RestAuth::Sas(
-                object_store::azure::split_sas(sas.expose()).map_err(bad_credential)?,
-            ),
+            Credential::Sas(sas) => {
+                RestAuth::Sas(object_store::azure::split_sas(sas.expose()).map_err(bad_credential)?)
+            }
             Credential::Anonymous => RestAuth::Anonymous,
             Credential::Token(_) => RestAuth::Provider(store.credentials().clone()),
         };
@@ -288,15 +293,7 @@ impl BlobStore for AzureStore {
     }
 
     async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta> {
-        let path = self.object_path(name)?;
-        let options = PutOptions {
-            attributes: Self::put_attributes(metadata),
-            ..Default::default()
-        };
-        self.store
-            .put_opts(&path, PutPayload::from(data), options)
-            .await
-            .map_err(|e| self.map_error(name, e))?;
+        self.rest.put_blob(name, data, metadata).await?;
         self.head(name).await
     }
 

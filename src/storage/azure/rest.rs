@@ -7,6 +7,7 @@ use super::list_xml::{self, parse_http_date, quoted_etag};
 use super::shared_key;
 use crate::digest::Md5Digest;
 use crate::storage::{BlobMeta, DirListing, Metadata, Result, RetryPolicy, StorageError};
+use bytes::Bytes;
 use object_store::azure::{AzureCredential, AzureCredentialProvider};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -62,8 +63,7 @@ impl RestClient {
         if name.split('/').any(|s| s == "." || s == "..") {
             return Err(StorageError::Client {
                 what: name.to_string(),
-                message: "a blob name with '.' or '..' segments cannot be addressed by URL"
-                    .into(),
+                message: "a blob name with '.' or '..' segments cannot be addressed by URL".into(),
             });
         }
         let mut url = self.container_url();
@@ -98,12 +98,11 @@ impl RestClient {
                 .text()
                 .await
                 .map_err(|e| transport_error(&self.endpoint, e))?;
-            let page = list_xml::parse_list_page(&body).map_err(|message| {
-                StorageError::Client {
+            let page =
+                list_xml::parse_list_page(&body).map_err(|message| StorageError::Client {
                     what: what.clone(),
                     message: format!("unreadable List Blobs response: {message}"),
-                }
-            })?;
+                })?;
             listing.files.extend(page.blobs);
             listing.dirs.extend(page.prefixes);
             match page.next_marker {
@@ -122,6 +121,30 @@ impl RestClient {
         })
     }
 
+    /// Put Blob: one request, any blob name (odd ones included), user metadata as
+    /// `x-ms-meta-*`. The service records Content-MD5 for such uploads.
+    pub async fn put_blob(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<()> {
+        let url = self.blob_url(name)?;
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ms-blob-type", HeaderValue::from_static("BlockBlob"));
+        for (k, v) in metadata {
+            let name =
+                reqwest::header::HeaderName::from_bytes(format!("{META_PREFIX}{k}").as_bytes())
+                    .map_err(|_| StorageError::Client {
+                        what: name.to_string(),
+                        message: format!("metadata key {k:?} is not a valid header name"),
+                    })?;
+            let value = HeaderValue::from_str(v).map_err(|_| StorageError::Client {
+                what: name.to_string(),
+                message: format!("metadata value for {k:?} is not a valid header value"),
+            })?;
+            headers.insert(name, value);
+        }
+        self.send_with(Method::PUT, url, name, headers, Some(data))
+            .await?;
+        Ok(())
+    }
+
     /// Creates the container; `Ok(false)` when it already exists.
     pub async fn create_container(&self) -> Result<bool> {
         let mut url = self.container_url();
@@ -135,26 +158,57 @@ impl RestClient {
 
     /// Sends one request with retries of transient faults; non-2xx answers become typed errors.
     async fn send(&self, method: Method, url: Url, what: &str) -> Result<reqwest::Response> {
-        self.retry
-            .run(|| self.send_once(method.clone(), url.clone(), what))
+        self.send_with(method, url, what, HeaderMap::new(), None)
             .await
     }
 
-    async fn send_once(&self, method: Method, mut url: Url, what: &str) -> Result<reqwest::Response> {
-        let mut headers = HeaderMap::new();
+    async fn send_with(
+        &self,
+        method: Method,
+        url: Url,
+        what: &str,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<reqwest::Response> {
+        self.retry
+            .run(|| {
+                self.send_once(
+                    method.clone(),
+                    url.clone(),
+                    what,
+                    headers.clone(),
+                    body.clone(),
+                )
+            })
+            .await
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        mut url: Url,
+        what: &str,
+        mut headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<reqwest::Response> {
         headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
         let date = chrono::Utc::now()
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string();
-        headers.insert("x-ms-date", HeaderValue::from_str(&date).expect("ASCII date"));
+        headers.insert(
+            "x-ms-date",
+            HeaderValue::from_str(&date).expect("ASCII date"),
+        );
         if method == Method::PUT {
-            headers.insert("content-length", HeaderValue::from_static("0"));
+            let length = body.as_ref().map_or(0, Bytes::len);
+            headers.insert("content-length", HeaderValue::from(length));
         }
         self.authorize(&method, &mut url, &mut headers).await?;
-        let response = self
-            .http
-            .request(method, url)
-            .headers(headers)
+        let mut request = self.http.request(method, url).headers(headers);
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| transport_error(&self.endpoint, e))?;
@@ -164,7 +218,12 @@ impl RestClient {
         Err(self.error_from_response(response, what).await)
     }
 
-    async fn authorize(&self, method: &Method, url: &mut Url, headers: &mut HeaderMap) -> Result<()> {
+    async fn authorize(
+        &self,
+        method: &Method,
+        url: &mut Url,
+        headers: &mut HeaderMap,
+    ) -> Result<()> {
         let credential = match &self.auth {
             RestAuth::SharedKey(key) => {
                 let value = shared_key::authorization(&self.account, key, method, url, headers);
@@ -218,10 +277,12 @@ impl RestClient {
                 status: status.as_u16(),
                 code,
             },
-            StatusCode::NOT_FOUND if code == "ContainerNotFound" => StorageError::ContainerNotFound {
-                account: self.account.clone(),
-                container: self.container.clone(),
-            },
+            StatusCode::NOT_FOUND if code == "ContainerNotFound" => {
+                StorageError::ContainerNotFound {
+                    account: self.account.clone(),
+                    container: self.container.clone(),
+                }
+            }
             StatusCode::NOT_FOUND => StorageError::NotFound {
                 name: what.to_string(),
             },
@@ -240,8 +301,9 @@ impl RestClient {
 }
 
 fn header_value(value: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(value)
-        .map_err(|_| StorageError::Credentials("credential is not a valid HTTP header value".into()))
+    HeaderValue::from_str(value).map_err(|_| {
+        StorageError::Credentials("credential is not a valid HTTP header value".into())
+    })
 }
 
 /// A transport failure, its URL dropped (it may carry a SAS) and its cause chain kept.
@@ -274,7 +336,9 @@ fn blob_meta_from_headers(name: &str, headers: &HeaderMap) -> Result<BlobMeta, S
     let size = get("content-length")
         .and_then(|v| v.parse().ok())
         .ok_or("HEAD response without Content-Length")?;
-    let etag = get("etag").map(quoted_etag).ok_or("HEAD response without ETag")?;
+    let etag = get("etag")
+        .map(quoted_etag)
+        .ok_or("HEAD response without ETag")?;
     let last_modified = match get("last-modified") {
         Some(v) => parse_http_date(v)?,
         None => SystemTime::UNIX_EPOCH,

@@ -34,8 +34,7 @@ pub fn authorization(
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(to_sign.as_bytes());
     use base64::Engine;
-    let signature =
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
     format!("SharedKey {account}:{signature}")
 }
 
@@ -104,7 +103,10 @@ mod tests {
         .unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-ms-version", "2023-11-03".parse().unwrap());
-        headers.insert("x-ms-date", "Fri, 27 Nov 2026 00:00:00 GMT".parse().unwrap());
+        headers.insert(
+            "x-ms-date",
+            "Fri, 27 Nov 2026 00:00:00 GMT".parse().unwrap(),
+        );
         headers.insert("content-length", "0".parse().unwrap());
         let s = string_to_sign("devstoreaccount1", &Method::GET, &url, &headers);
         assert_eq!(

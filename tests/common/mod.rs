@@ -1,0 +1,180 @@
+//! Test support: a private Azurite per test on a free loopback port, uniquely named
+//! containers, and helpers to build stores. A test that cannot start Azurite fails; it
+//! never skips.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod conformance;
+
+use adlsfs::storage::azure::{AzureConfig, AzureStore};
+use adlsfs::storage::credentials::{Credential, Secret, EMULATOR_ACCOUNT, EMULATOR_KEY};
+use adlsfs::storage::RetryPolicy;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use url::Url;
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running Azurite blob service, stopped (and its data removed) on drop.
+pub struct Azurite {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Azurite {
+    /// Starts Azurite with in-memory persistence; panics with a clear message when it can't.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("adlsfs-azurite-")
+            .tempdir()
+            .expect("temp dir for Azurite");
+        // A just-freed port can be taken by a parallel test before Azurite binds it: retry.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = spawn_azurite(port, dir.path());
+            if wait_until_listening(port, &mut child) {
+                return Self { child, port, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.path().join("azurite.log")).unwrap_or_default();
+        panic!("Azurite did not start (install it with scripts/setup); its output:\n{log}");
+    }
+
+    /// The account's blob service URL, path-style as Azurite serves it.
+    pub fn endpoint(&self) -> Url {
+        Url::parse(&format!(
+            "http://127.0.0.1:{}/{EMULATOR_ACCOUNT}",
+            self.port
+        ))
+        .unwrap()
+    }
+
+    /// `AZURE_STORAGE_CONNECTION_STRING` for this instance.
+    pub fn connection_string(&self) -> String {
+        format!(
+            "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://127.0.0.1:{}",
+            self.port
+        )
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A store for `container` with the emulator's account key.
+    pub fn store(&self, container: &str) -> AzureStore {
+        self.store_with(container, Credential::AccountKey(Secret::new(EMULATOR_KEY)))
+    }
+
+    pub fn store_with(&self, container: &str, credential: Credential) -> AzureStore {
+        AzureStore::new(AzureConfig {
+            account: EMULATOR_ACCOUNT.to_string(),
+            container: container.to_string(),
+            endpoint: self.endpoint(),
+            credential,
+            retry: RetryPolicy::with_budget(Duration::from_secs(10)),
+        })
+        .expect("building the Azure store")
+    }
+
+    /// A new, uniquely named, empty container and a store for it.
+    pub async fn new_container(&self) -> (String, AzureStore) {
+        let name = unique_container_name();
+        let store = self.store(&name);
+        assert!(store.create_container().await.expect("creating container"));
+        (name, store)
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_azurite(port: u16, dir: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("azurite.log")).expect("azurite log file");
+    let mut cmd = Command::new("azurite-blob");
+    cmd.args(["--blobHost", "127.0.0.1", "--blobPort"])
+        .arg(port.to_string())
+        .args([
+            "--inMemoryPersistence",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    // Azurite must not outlive a test process that is killed or aborts.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .expect("azurite-blob not found on PATH: run scripts/setup (npm package azurite)")
+}
+
+fn wait_until_listening(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding a free port")
+        .port()
+}
+
+/// Lowercase, 3–63 characters, unique across parallel tests and processes.
+pub fn unique_container_name() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "t{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Path of the built `adlsfs` binary.
+pub fn adlsfs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_adlsfs"))
+}
+
+/// Deterministic pseudo-random bytes (different for different seeds).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}

@@ -1,0 +1,197 @@
+//! The storage layer against a real Azurite: the shared contract, plus what only the real
+//! service shows: paging, odd names, auth failures, an unreachable endpoint.
+
+mod common;
+
+use adlsfs::storage::azure::{AzureConfig, AzureStore};
+use adlsfs::storage::credentials::{Credential, Secret, EMULATOR_ACCOUNT};
+use adlsfs::storage::{BlobStore, Metadata, RetryPolicy, StorageError};
+use bytes::Bytes;
+use common::Azurite;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use std::time::{Duration, Instant};
+
+async fn put(store: &AzureStore, name: &str, data: &[u8]) {
+    store
+        .put(name, Bytes::from(data.to_vec()), &Metadata::new())
+        .await
+        .unwrap_or_else(|e| panic!("put {name:?}: {e}"));
+}
+
+#[tokio::test]
+async fn azure_store_meets_the_storage_contract() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    common::conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn listing_pages_through_more_than_5000_blobs_in_one_directory() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let names: Vec<String> = (0..5_003).map(|i| format!("big/dir/f{i:05}")).collect();
+    let empty = Metadata::new();
+    stream::iter(names.iter())
+        .map(|name| store.put(name, Bytes::from_static(b"x"), &empty))
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    put(&store, "big/dir/nested/deep/leaf", b"y").await;
+    put(&store, "big/dir/other/leaf", b"z").await;
+
+    let listing = store.list_dir("big/dir/").await.unwrap();
+    let mut listed: Vec<_> = listing.files.iter().map(|f| f.name.clone()).collect();
+    listed.sort();
+    assert_eq!(listed, names, "every blob across pages, exactly once");
+    assert_eq!(listing.dirs, ["big/dir/nested/", "big/dir/other/"]);
+    assert_eq!(store.list_dir("big/").await.unwrap().dirs, ["big/dir/"]);
+    let nested = store.list_dir("big/dir/nested/").await.unwrap();
+    assert!(nested.files.is_empty());
+    assert_eq!(nested.dirs, ["big/dir/nested/deep/"]);
+}
+
+#[tokio::test]
+async fn names_with_spaces_unicode_and_url_special_characters() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let names = [
+        "odd/with space.txt",
+        "odd/ünïcödé-日本語.txt",
+        "odd/100%.txt",
+        "odd/hash#tag",
+        "odd/question?.txt",
+        "odd/plus+sign",
+        "odd/amp&eq=semi;",
+        "odd/dir with space/inner",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        put(&store, name, format!("content {i}").as_bytes()).await;
+    }
+    let listing = store.list_dir("odd/").await.unwrap();
+    let mut files: Vec<_> = listing.files.iter().map(|f| f.name.as_str()).collect();
+    files.sort();
+    let mut expected: Vec<_> = names[..7].to_vec();
+    expected.sort();
+    assert_eq!(files, expected);
+    assert_eq!(listing.dirs, ["odd/dir with space/"]);
+    for (i, name) in names.iter().enumerate() {
+        let head = store
+            .head(name)
+            .await
+            .unwrap_or_else(|e| panic!("head {name:?}: {e}"));
+        assert_eq!(head.name, *name);
+        let data = store
+            .read(name, Some(0..head.size), &head.etag)
+            .await
+            .unwrap();
+        assert_eq!(data, format!("content {i}").as_bytes(), "{name:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_blob_with_an_empty_segment_does_not_hide_its_directory() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    put(&store, "dir/ok.txt", b"fine").await;
+    put(&store, "dir//x", b"odd").await;
+    put(&store, "dir/sub/y", b"y").await;
+    let listing = store.list_dir("dir/").await.unwrap();
+    let files: Vec<_> = listing.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(files, ["dir/ok.txt"]);
+    assert_eq!(listing.dirs, ["dir//", "dir/sub/"]);
+    let odd = store.list_dir("dir//").await.unwrap();
+    assert_eq!(odd.files[0].name, "dir//x");
+}
+
+#[tokio::test]
+async fn wrong_account_key_is_a_clear_auth_error() {
+    let azurite = Azurite::start();
+    let (container, _) = azurite.new_container().await;
+    let wrong_key = "d3Jvbmcga2V5IHdyb25nIGtleSB3cm9uZyBrZXkgd3Jvbmcga2V5IHdyb25nIGtleQ==";
+    let store = azurite.store_with(&container, Credential::AccountKey(Secret::new(wrong_key)));
+    let err = store.list_dir("").await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::Auth { status: 403, .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("refused") && text.contains("AZURE_STORAGE_ACCOUNT_KEY"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(wrong_key),
+        "the key must never be printed: {text}"
+    );
+    let err = store.head("anything").await.unwrap_err();
+    assert!(matches!(err, StorageError::Auth { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn missing_container_is_named() {
+    let azurite = Azurite::start();
+    let store = azurite.store("no-such-container");
+    let err = store.list_dir("").await.unwrap_err();
+    assert!(
+        matches!(err, StorageError::ContainerNotFound { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no-such-container"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_fails_within_the_retry_budget() {
+    // A port nobody listens on: connections are refused at once, retried until the budget.
+    let port = common::free_port();
+    let endpoint = url::Url::parse(&format!("http://127.0.0.1:{port}/{EMULATOR_ACCOUNT}")).unwrap();
+    let store = AzureStore::new(AzureConfig {
+        account: EMULATOR_ACCOUNT.into(),
+        container: "box".into(),
+        endpoint: endpoint.clone(),
+        credential: Credential::Anonymous,
+        retry: RetryPolicy::with_budget(Duration::from_secs(2)),
+    })
+    .unwrap();
+    let start = Instant::now();
+    let err = store.list_dir("").await.unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
+    match &err {
+        StorageError::Unreachable { attempts, .. } => assert!(*attempts > 1, "{err}"),
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    let start = Instant::now();
+    let err = store.read("x", Some(0..1), "\"etag\"").await.unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(matches!(err, StorageError::Unreachable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn large_upload_streams_in_blocks_and_reads_back() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    let data = common::pattern(20 << 20, 3);
+    std::fs::write(&path, &data).unwrap();
+    let meta = adlsfs::commands::upload::upload_file(&store, &path, "up/big")
+        .await
+        .unwrap();
+    assert_eq!(meta.size, data.len() as u64);
+    assert_eq!(meta.xxh3().unwrap(), Some(adlsfs::digest::xxh3_128(&data)));
+    let tail = store
+        .read("up/big", Some(meta.size - 100..meta.size), &meta.etag)
+        .await
+        .unwrap();
+    assert_eq!(&tail[..], &data[data.len() - 100..]);
+}

@@ -1,0 +1,10 @@
+//! The storage contract against the in-memory fake.
+
+mod common;
+
+use adlsfs::storage::memory::MemoryStore;
+
+#[tokio::test]
+async fn memory_store_meets_the_storage_contract() {
+    common::conformance::run_all(&MemoryStore::new()).await;
+}
