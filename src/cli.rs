@@ -1,6 +1,6 @@
 //! Command-line arguments (clap). Turns arguments into config structs; nothing else.
 
-use crate::config::{parse_duration, StorageConfig};
+use crate::config::{default_cache_dir, parse_duration, parse_mode, parse_size, StorageConfig};
 use crate::location::Location;
 use crate::storage::RetryPolicy;
 use clap::{Args, Parser, Subcommand};
@@ -30,6 +30,8 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Mount a container or prefix read-only (stays in the foreground until unmounted)
+    Mount(MountArgs),
     /// List a directory of a container
     Ls(LsArgs),
     /// Show the properties, digests and metadata of one blob
@@ -102,4 +104,57 @@ pub struct UploadArgs {
     pub parallel: usize,
     #[command(flatten)]
     pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// adls://account/container[/prefix] (or the abfss:// or https:// form)
+    pub location: Location,
+    /// An existing, empty directory
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub mount: MountOptions,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Mount")]
+pub struct MountOptions {
+    /// Node-local cache directory shared by all mounts on the machine
+    #[arg(long, env = "ADLSFS_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    pub cache_dir: PathBuf,
+    /// How long listings and attributes are trusted before asking the service again
+    #[arg(long, env = "ADLSFS_METADATA_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub metadata_ttl: Duration,
+    /// Owner of every file (default: the mounting user)
+    #[arg(long, env = "ADLSFS_UID")]
+    pub uid: Option<u32>,
+    /// Group of every file (default: the mounting user's group)
+    #[arg(long, env = "ADLSFS_GID")]
+    pub gid: Option<u32>,
+    /// Permission bits of files
+    #[arg(long, env = "ADLSFS_FILE_MODE", default_value = "0644", value_parser = parse_mode)]
+    pub file_mode: u16,
+    /// Permission bits of directories
+    #[arg(long, env = "ADLSFS_DIR_MODE", default_value = "0755", value_parser = parse_mode)]
+    pub dir_mode: u16,
+    /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root)
+    #[arg(long, env = "ADLSFS_ALLOW_OTHER")]
+    pub allow_other: bool,
+    /// Refuse (EIO) blobs with neither an xxh3_128 digest in metadata nor Content-MD5
+    #[arg(long, env = "ADLSFS_REQUIRE_DIGEST")]
+    pub require_digest: bool,
+    /// Threads reading FUSE requests
+    #[arg(long, env = "ADLSFS_FUSE_THREADS", default_value_t = 8)]
+    pub fuse_threads: usize,
+    /// Ranged GETs in flight per download (native fetcher)
+    #[arg(long, env = "ADLSFS_NATIVE_PARALLELISM", default_value_t = 8)]
+    pub native_parallelism: usize,
+    /// Size of each ranged GET (native fetcher)
+    #[arg(long, env = "ADLSFS_NATIVE_CHUNK_SIZE", default_value = "8M", value_parser = parse_size)]
+    pub native_chunk_size: u64,
+    /// Stay in the foreground (the default until daemonising is implemented)
+    #[arg(long, env = "ADLSFS_FOREGROUND")]
+    pub foreground: bool,
 }

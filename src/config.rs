@@ -35,6 +35,50 @@ impl StorageConfig {
     }
 }
 
+/// The default node cache: `/var/cache/adlsfs` for root, else `$XDG_CACHE_HOME/adlsfs`
+/// (`~/.cache/adlsfs`).
+pub fn default_cache_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/cache/adlsfs");
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("adlsfs")
+}
+
+/// Parses a byte count with an optional K/M/G/T suffix (binary multiples), e.g. `8M`.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let t = t.strip_suffix(['B', 'b']).unwrap_or(t);
+    let t = t.strip_suffix(['i']).unwrap_or(t);
+    let (number, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 512K, 8M, 10G"))?;
+    Ok((value * (1u64 << shift) as f64) as u64)
+}
+
+/// Parses an octal permission mode like `0644` or `755`.
+pub fn parse_mode(text: &str) -> std::result::Result<u16, String> {
+    let mode = u16::from_str_radix(text.trim().trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{text:?} is not an octal mode like 0644"))?;
+    if mode > 0o7777 {
+        return Err(format!("mode {text:?} is out of range"));
+    }
+    Ok(mode)
+}
+
 /// Parses `500ms`, `30s`, `5m`, `2h` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     let text = text.trim();
@@ -62,6 +106,19 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_modes() {
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_mode("0644").unwrap(), 0o644);
+        assert_eq!(parse_mode("755").unwrap(), 0o755);
+        assert!(parse_mode("0999").is_err());
+    }
 
     #[test]
     fn durations() {

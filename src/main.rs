@@ -36,6 +36,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Mount(args) => adlsfs::app::run_mount(args),
         Command::Ls(args) => runtime()?.block_on(async {
             let store = args.storage.to_config().connect(&args.location)?;
             let entries = ls::list(&store, &args.location.dir_prefix(), args.recursive)

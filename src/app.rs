@@ -1,0 +1,100 @@
+//! Wiring for the mount: runtime, storage, cache, fetcher, filesystem core, FUSE session,
+//! and signals.
+
+use crate::cache::Cache;
+use crate::cli::MountArgs;
+use crate::fetch::native::{NativeConfig, NativeFetcher};
+use crate::fs::{AdlsFs, FsConfig};
+use crate::fuse::session::{self, MountConfig};
+use crate::fuse::FuseAdapter;
+use crate::storage::BlobStore;
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How often the main loop checks whether the session ended from outside.
+const SESSION_POLL: Duration = Duration::from_millis(200);
+
+pub fn run_mount(args: MountArgs) -> Result<()> {
+    // Check the mountpoint before anything slow, so the error is immediate.
+    session::check_mountpoint(&args.mountpoint)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("adlsfs-worker")
+        .build()
+        .context("starting the async runtime")?;
+    let store: Arc<dyn BlobStore> = Arc::new(args.storage.to_config().connect(&args.location)?);
+    // Fail at mount time, not at first access, when the location is wrong or unreadable.
+    runtime
+        .block_on(store.list_dir(&args.location.dir_prefix()))
+        .with_context(|| format!("checking access to {}", args.location))?;
+    let opts = &args.mount;
+    let cache = Arc::new(
+        Cache::open(&opts.cache_dir, opts.require_digest).context("opening the cache directory")?,
+    );
+    let fetcher = Arc::new(NativeFetcher::new(
+        Arc::clone(&store),
+        NativeConfig {
+            chunk_size: opts.native_chunk_size,
+            parallelism: opts.native_parallelism,
+        },
+    ));
+    // SAFETY: getters without preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let fs = Arc::new(AdlsFs::new(
+        args.location.clone(),
+        store,
+        cache,
+        fetcher,
+        FsConfig {
+            metadata_ttl: opts.metadata_ttl,
+            uid: opts.uid.unwrap_or(euid),
+            gid: opts.gid.unwrap_or(egid),
+            file_mode: opts.file_mode,
+            dir_mode: opts.dir_mode,
+        },
+    ));
+    let adapter = FuseAdapter::new(fs, runtime.handle().clone(), opts.metadata_ttl);
+    let mounted = session::mount(
+        adapter,
+        &MountConfig {
+            mountpoint: args.mountpoint.clone(),
+            fsname: args.location.to_string(),
+            allow_other: opts.allow_other,
+            threads: opts.fuse_threads,
+        },
+    )?;
+    tracing::info!(location = %args.location, mountpoint = %args.mountpoint.display(), "mounted");
+    eprintln!(
+        "adlsfs: mounted {} at {}",
+        args.location,
+        args.mountpoint.display()
+    );
+
+    let signal = runtime.block_on(wait_for_end(&mounted))?;
+    match signal {
+        Some(name) => tracing::info!(signal = name, "unmounting"),
+        None => tracing::info!("unmounted externally"),
+    }
+    mounted.unmount().context("unmounting")?;
+    eprintln!("adlsfs: unmounted {}", args.mountpoint.display());
+    Ok(())
+}
+
+/// Waits for SIGINT or SIGTERM (returning its name), or for the session to end by itself.
+async fn wait_for_end(mounted: &session::Mounted) -> Result<Option<&'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(Some("SIGTERM")),
+            _ = int.recv() => return Ok(Some("SIGINT")),
+            _ = tokio::time::sleep(SESSION_POLL) => {
+                if mounted.is_finished() {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}

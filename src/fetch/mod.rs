@@ -1,0 +1,61 @@
+//! Fetchers materialise one blob version into a local temporary file; [`verify`] then checks
+//! the bytes before the cache makes them visible. The native fetcher lives here; azcopy
+//! joins it behind the same trait.
+
+pub mod native;
+pub mod verify;
+
+use crate::digest::DigestError;
+use crate::storage::{BlobMeta, StorageError};
+use async_trait::async_trait;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("writing {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{algo} mismatch for {blob:?}: metadata says {expected}, the downloaded bytes hash to {actual}; the blob is corrupt or its metadata is wrong")]
+    DigestMismatch {
+        blob: String,
+        algo: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("{blob:?} has neither an xxh3_128 digest in its metadata nor Content-MD5, and --require-digest refuses unverifiable blobs")]
+    MissingDigest { blob: String },
+    #[error("{blob:?} has an unusable digest in its metadata: {source}")]
+    BadDigestMetadata { blob: String, source: DigestError },
+    #[error("{blob:?}: received {actual} bytes, expected {expected}")]
+    SizeMismatch {
+        blob: String,
+        expected: u64,
+        actual: u64,
+    },
+}
+
+impl FetchError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        FetchError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// The local disk is full (or over quota).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, FetchError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
+/// Downloads one blob version, whole, into `dest` (an existing, empty file).
+#[async_trait]
+pub trait Fetcher: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<(), FetchError>;
+}

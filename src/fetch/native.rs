@@ -1,0 +1,97 @@
+//! The native fetcher: parallel ranged GETs, each pinned to the blob's ETag with If-Match,
+//! written at their offsets into the destination. Memory in flight is bounded by
+//! `parallelism × chunk_size`, whatever the size of the file.
+
+use super::{FetchError, Fetcher};
+use crate::storage::{BlobMeta, BlobStore, StorageError};
+use async_trait::async_trait;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy)]
+pub struct NativeConfig {
+    pub chunk_size: u64,
+    pub parallelism: usize,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        // 8 × 8 MiB matched curl's ceiling on loopback in the design measurements.
+        Self {
+            chunk_size: 8 << 20,
+            parallelism: 8,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct NativeFetcher {
+    store: Arc<dyn BlobStore>,
+    config: NativeConfig,
+}
+
+impl NativeFetcher {
+    pub fn new(store: Arc<dyn BlobStore>, config: NativeConfig) -> Self {
+        Self { store, config }
+    }
+}
+
+#[async_trait]
+impl Fetcher for NativeFetcher {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<(), FetchError> {
+        let file = File::options()
+            .write(true)
+            .open(dest)
+            .map_err(|e| FetchError::io(dest, e))?;
+        if meta.size == 0 {
+            // Range requests on an empty blob are answered 416: read it whole.
+            let data = self.store.read(&meta.name, None, &meta.etag).await?;
+            if !data.is_empty() {
+                return Err(FetchError::SizeMismatch {
+                    blob: meta.name.clone(),
+                    expected: 0,
+                    actual: data.len() as u64,
+                });
+            }
+            return Ok(());
+        }
+        // Reserve the space up front: a full disk fails now, not after minutes of download.
+        fs2::FileExt::allocate(&file, meta.size).map_err(|e| FetchError::io(dest, e))?;
+        let file = Arc::new(file);
+        let chunk = self.config.chunk_size.max(1);
+        let ranges =
+            (0..meta.size.div_ceil(chunk)).map(|i| i * chunk..((i + 1) * chunk).min(meta.size));
+        stream::iter(ranges)
+            .map(|range| {
+                let file = Arc::clone(&file);
+                async move {
+                    let data = self
+                        .store
+                        .read(&meta.name, Some(range.clone()), &meta.etag)
+                        .await?;
+                    if data.len() as u64 != range.end - range.start {
+                        return Err(FetchError::Storage(StorageError::Service {
+                            what: meta.name.clone(),
+                            status: 206,
+                            code: "ShortBody".into(),
+                            message: format!("range {range:?} returned {} bytes", data.len()),
+                        }));
+                    }
+                    tokio::task::spawn_blocking(move || file.write_all_at(&data, range.start))
+                        .await
+                        .expect("write task panicked")
+                        .map_err(|e| FetchError::io(dest, e))
+                }
+            })
+            .buffer_unordered(self.config.parallelism.max(1))
+            .try_collect::<()>()
+            .await
+    }
+}

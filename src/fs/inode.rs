@@ -1,0 +1,277 @@
+//! The inode table: directories by prefix, files by (blob name, ETag), so one inode is one
+//! blob version. A changed blob gets a new inode at the next listing; the old one lives on
+//! while the kernel or an open handle still refers to it.
+
+use super::names::{posix_name, Hidden};
+use crate::storage::{BlobMeta, DirListing};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+
+#[derive(Debug)]
+pub struct FileNode {
+    pub meta: BlobMeta,
+    /// xxh3_128 of the content, once known (metadata, download, or hashing on demand).
+    pub digest: OnceLock<crate::digest::Xxh3Digest>,
+}
+
+#[derive(Debug)]
+pub struct DirNode {
+    /// Full blob-name prefix, empty or ending in `/`.
+    pub prefix: String,
+    pub children: Option<Children>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Children {
+    pub fetched: Instant,
+    pub entries: BTreeMap<String, Ino>,
+    pub subdirs: u32,
+}
+
+#[derive(Debug)]
+pub enum NodeKind {
+    Dir(DirNode),
+    File(Arc<FileNode>),
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub parent: Ino,
+    /// Name in the parent directory.
+    pub name: String,
+    pub kind: NodeKind,
+    /// Kernel references (lookup count), released by forget.
+    pub lookups: u64,
+    /// Open file handles.
+    pub opens: u64,
+}
+
+#[derive(Debug)]
+pub struct InodeTable {
+    nodes: HashMap<Ino, Node>,
+    files: HashMap<(String, String), Ino>,
+    dirs: HashMap<String, Ino>,
+    next: Ino,
+    /// Names already warned about, so a refresh does not repeat the warning.
+    warned: HashSet<String>,
+}
+
+impl InodeTable {
+    pub fn new(root_prefix: &str) -> Self {
+        let mut table = Self {
+            nodes: HashMap::new(),
+            files: HashMap::new(),
+            dirs: HashMap::new(),
+            next: ROOT_INO + 1,
+            warned: HashSet::new(),
+        };
+        table.nodes.insert(
+            ROOT_INO,
+            Node {
+                parent: ROOT_INO,
+                name: String::new(),
+                kind: NodeKind::Dir(DirNode {
+                    prefix: root_prefix.to_string(),
+                    children: None,
+                }),
+                lookups: 1,
+                opens: 0,
+            },
+        );
+        table.dirs.insert(root_prefix.to_string(), ROOT_INO);
+        table
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: Ino) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Replaces a directory's children with a fresh listing.
+    pub fn apply_listing(&mut self, dir: Ino, listing: DirListing, now: Instant) {
+        let Some(prefix) = self.dir_prefix(dir) else {
+            return;
+        };
+        let mut entries = BTreeMap::new();
+        let mut subdirs = 0;
+        for sub in &listing.dirs {
+            let relative = &sub[prefix.len()..];
+            let segment = relative.strip_suffix('/').unwrap_or(relative);
+            let name = match posix_name(segment) {
+                Ok(name) => name.to_string(),
+                Err(why) => {
+                    self.warn_hidden(sub, why);
+                    continue;
+                }
+            };
+            let ino = self.dir_ino(sub, dir, &name);
+            entries.insert(name, ino);
+            subdirs += 1;
+        }
+        for meta in listing.files {
+            let segment = &meta.name[prefix.len()..];
+            if segment.is_empty() {
+                // A marker blob named exactly like the directory ("dir/"): nothing to show.
+                continue;
+            }
+            let name = match posix_name(segment) {
+                Ok(name) => name.to_string(),
+                Err(why) => {
+                    self.warn_hidden(&meta.name, why);
+                    continue;
+                }
+            };
+            if entries.contains_key(&name) {
+                if !is_folder_marker(&meta) {
+                    self.warn_once(&meta.name, || {
+                        tracing::warn!(blob = %meta.name, "hidden: a directory of the same name shadows this blob")
+                    });
+                }
+                continue;
+            }
+            let ino = self.file_ino(meta, dir, &name);
+            entries.insert(name, ino);
+        }
+        if let Some(Node {
+            kind: NodeKind::Dir(d),
+            ..
+        }) = self.nodes.get_mut(&dir)
+        {
+            d.children = Some(Children {
+                fetched: now,
+                entries,
+                subdirs,
+            });
+        }
+    }
+
+    fn dir_prefix(&self, dir: Ino) -> Option<String> {
+        match &self.nodes.get(&dir)?.kind {
+            NodeKind::Dir(d) => Some(d.prefix.clone()),
+            NodeKind::File(_) => None,
+        }
+    }
+
+    fn dir_ino(&mut self, prefix: &str, parent: Ino, name: &str) -> Ino {
+        if let Some(&ino) = self.dirs.get(prefix) {
+            return ino;
+        }
+        let ino = self.allocate(Node {
+            parent,
+            name: name.to_string(),
+            kind: NodeKind::Dir(DirNode {
+                prefix: prefix.to_string(),
+                children: None,
+            }),
+            lookups: 0,
+            opens: 0,
+        });
+        self.dirs.insert(prefix.to_string(), ino);
+        ino
+    }
+
+    fn file_ino(&mut self, meta: BlobMeta, parent: Ino, name: &str) -> Ino {
+        let key = (meta.name.clone(), meta.etag.clone());
+        if let Some(&ino) = self.files.get(&key) {
+            return ino;
+        }
+        let digest = OnceLock::new();
+        if let Ok(Some(d)) = meta.xxh3() {
+            let _ = digest.set(d);
+        }
+        let ino = self.allocate(Node {
+            parent,
+            name: name.to_string(),
+            kind: NodeKind::File(Arc::new(FileNode { meta, digest })),
+            lookups: 0,
+            opens: 0,
+        });
+        self.files.insert(key, ino);
+        ino
+    }
+
+    fn allocate(&mut self, node: Node) -> Ino {
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(ino, node);
+        ino
+    }
+
+    /// Drops kernel references; a node nobody refers to any more (no lookups, no open
+    /// handles, no longer in its directory's current listing) is removed.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+        self.remove_if_unused(ino);
+    }
+
+    pub fn remove_if_unused(&mut self, ino: Ino) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Some(node) = self.nodes.get(&ino) else {
+            return;
+        };
+        if node.lookups > 0 || node.opens > 0 || self.is_current(ino, node.parent, &node.name) {
+            return;
+        }
+        if let Some(node) = self.nodes.remove(&ino) {
+            match node.kind {
+                NodeKind::File(f) => {
+                    self.files
+                        .remove(&(f.meta.name.clone(), f.meta.etag.clone()));
+                }
+                NodeKind::Dir(d) => {
+                    self.dirs.remove(&d.prefix);
+                }
+            }
+        }
+    }
+
+    fn is_current(&self, ino: Ino, parent: Ino, name: &str) -> bool {
+        match self.nodes.get(&parent).map(|p| &p.kind) {
+            Some(NodeKind::Dir(DirNode {
+                children: Some(c), ..
+            })) => c.entries.get(name) == Some(&ino),
+            _ => false,
+        }
+    }
+
+    fn warn_hidden(&mut self, blob: &str, why: Hidden) {
+        self.warn_once(
+            blob,
+            || tracing::warn!(blob = %blob, reason = %why, "hidden: not a valid file name"),
+        );
+    }
+
+    fn warn_once(&mut self, blob: &str, warn: impl FnOnce()) {
+        if self.warned.insert(blob.to_string()) {
+            warn();
+        }
+    }
+}
+
+/// Hierarchical-namespace accounts list each directory also as an empty marker blob.
+fn is_folder_marker(meta: &BlobMeta) -> bool {
+    meta.size == 0
+        && meta
+            .metadata
+            .get("hdi_isfolder")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}

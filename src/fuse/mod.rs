@@ -1,0 +1,528 @@
+//! The FUSE adapter: converts kernel requests into calls on the [`AdlsFs`] core and maps
+//! errors to errnos, nothing more. Requests that may wait on the network (lookup, readdir,
+//! open, getxattr) run as tasks on the tokio runtime, so no FUSE thread ever waits on
+//! storage or on another file's download; local-only requests are answered inline.
+
+pub mod session;
+
+use crate::fs::{AdlsFs, Attr, FsError, Kind};
+use fuser::{
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime};
+
+/// Deepest filesystem stack a passthrough backing file may sit on (an overlayfs cache
+/// directory counts one level).
+const MAX_STACK_DEPTH: u32 = 2;
+
+pub struct FuseAdapter {
+    fs: Arc<AdlsFs>,
+    rt: tokio::runtime::Handle,
+    ttl: Duration,
+    passthrough: Arc<AtomicBool>,
+    backing: Arc<Mutex<Backing>>,
+}
+
+/// Passthrough backing ids: one per inode (the kernel requires the same one for every
+/// handle of an inode), kept alive by the handles that use it.
+#[derive(Default)]
+struct Backing {
+    by_inode: HashMap<u64, Weak<BackingId>>,
+    by_handle: HashMap<u64, Arc<BackingId>>,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<AdlsFs>, rt: tokio::runtime::Handle, ttl: Duration) -> Self {
+        Self {
+            fs,
+            rt,
+            ttl,
+            passthrough: Arc::new(AtomicBool::new(false)),
+            backing: Arc::new(Mutex::new(Backing::default())),
+        }
+    }
+
+    /// Whether the kernel agreed to passthrough reads (known after init).
+    pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.passthrough)
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+    }
+}
+
+/// The xattr size protocol: size 0 asks for the length, too small a buffer is ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
+    }
+}
+
+fn erofs() -> Errno {
+    Errno::from_i32(libc::EROFS)
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            tracing::debug!(?missing, "kernel lacks some optional FUSE capabilities");
+        }
+        let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(MAX_STACK_DEPTH).is_ok();
+        self.passthrough.store(passthrough, Ordering::SeqCst);
+        tracing::info!(passthrough, "FUSE session initialised");
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let (fs, ttl) = (Arc::clone(&self.fs), self.ttl);
+        self.rt.spawn(async move {
+            match fs.lookup(parent.0, &name).await {
+                Ok(attr) => reply.entry(&ttl, &file_attr(&attr), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(attr) => reply.attr(&self.ttl, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let fs = Arc::clone(&self.fs);
+        self.rt.spawn(async move {
+            let entries = match fs.readdir(ino.0, fh.0, offset).await {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let parent = fs.parent(ino.0);
+            let dots = [(ino.0, "."), (parent, "..")];
+            let all = dots
+                .iter()
+                .map(|(i, n)| (*i, FileType::Directory, *n))
+                .chain(
+                    entries
+                        .iter()
+                        .map(|e| (e.attr.ino, file_type(e.attr.kind), e.name.as_str())),
+                );
+            for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+                if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (fs, ttl) = (Arc::clone(&self.fs), self.ttl);
+        self.rt.spawn(async move {
+            let entries = match fs.readdir(ino.0, fh.0, offset).await {
+                Ok(entries) => entries,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            let mut index = offset as usize;
+            let dots = [(ino.0, "."), (fs.parent(ino.0), "..")];
+            while index < 2 {
+                let (dot_ino, name) = dots[index];
+                let Ok(attr) = fs.getattr(dot_ino) else { break };
+                if reply.add(
+                    INodeNo(dot_ino),
+                    (index + 1) as u64,
+                    name,
+                    &ttl,
+                    &file_attr(&attr),
+                    Generation(0),
+                ) {
+                    return reply.ok();
+                }
+                index += 1;
+            }
+            for entry in entries.iter().skip(index - 2) {
+                index += 1;
+                let full = reply.add(
+                    INodeNo(entry.attr.ino),
+                    index as u64,
+                    &entry.name,
+                    &ttl,
+                    &file_attr(&entry.attr),
+                    Generation(0),
+                );
+                if full {
+                    break;
+                }
+                // Each entry handed out counts as a lookup the kernel will forget.
+                fs.remember(entry.attr.ino);
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let fs = Arc::clone(&self.fs);
+        let passthrough = Arc::clone(&self.passthrough);
+        let backing = Arc::clone(&self.backing);
+        self.rt.spawn(async move {
+            let open = match fs.open(ino.0, write).await {
+                Ok(open) => open,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            if passthrough.load(Ordering::SeqCst) {
+                let mut table = backing.lock().expect("backing table");
+                let existing = table.by_inode.get(&ino.0).and_then(Weak::upgrade);
+                let id = match existing {
+                    Some(id) => Ok(id),
+                    None => reply.open_backing(open.file.as_ref()).map(Arc::new),
+                };
+                match id {
+                    Ok(id) => {
+                        table.by_inode.insert(ino.0, Arc::downgrade(&id));
+                        table.by_handle.insert(open.fh, Arc::clone(&id));
+                        return reply.opened_passthrough(FileHandle(open.fh), FopenFlags::empty(), &id);
+                    }
+                    Err(e) => {
+                        // Not permitted or not supported after all: read through the daemon.
+                        tracing::warn!(error = %e, "FUSE passthrough unavailable; serving reads with pread");
+                        passthrough.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+            // One inode is one immutable blob version, so the kernel may keep its pages.
+            reply.opened(FileHandle(open.fh), FopenFlags::FOPEN_KEEP_CACHE);
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.backing
+            .lock()
+            .expect("backing table")
+            .by_handle
+            .remove(&fh.0);
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, self.fs.inode_count() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name.to_str().map(str::to_string) else {
+            return reply.error(Errno::from_i32(libc::ENODATA));
+        };
+        let fs = Arc::clone(&self.fs);
+        self.rt.spawn(async move {
+            match fs.getxattr(ino.0, &name).await {
+                Ok(value) => reply_xattr(reply, size, &value),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut list = Vec::new();
+                for name in names {
+                    list.extend_from_slice(name.as_bytes());
+                    list.push(0);
+                }
+                reply_xattr(reply, size, &list);
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        if mask.bits() & libc::W_OK != 0 {
+            return reply.error(erofs());
+        }
+        match self.fs.getattr(ino.0) {
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    // Everything that would change the tree is refused: the mount is read-only.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(erofs());
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(erofs());
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(erofs());
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(erofs());
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(erofs());
+    }
+}

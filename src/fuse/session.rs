@@ -1,0 +1,110 @@
+//! Mounting and unmounting: checks the mountpoint, starts the FUSE session on its own
+//! threads, and unmounts on request (signal) or notices an external `fusermount3 -u`.
+
+use super::FuseAdapter;
+use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub mountpoint: PathBuf,
+    /// Shown as the source in the mount table (`adls://account/container/prefix`).
+    pub fsname: String,
+    pub allow_other: bool,
+    /// Threads reading requests from the kernel.
+    pub threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mountpoint {0} does not exist: create the directory first")]
+    Missing(PathBuf),
+    #[error("mountpoint {0} is not a directory")]
+    NotDir(PathBuf),
+    #[error("mountpoint {0} is not empty: mount on an empty directory so no files are hidden")]
+    NotEmpty(PathBuf),
+    #[error("mounting at {path}: {source} (is /dev/fuse present and fusermount3 installed?)")]
+    Fuse {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A live mount: the session thread and the means to end it.
+pub struct Mounted {
+    thread: JoinHandle<std::io::Result<()>>,
+    unmounter: SessionUnmounter,
+    mountpoint: PathBuf,
+}
+
+impl Mounted {
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// True once the kernel ended the session (e.g. `fusermount3 -u`).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Unmounts (if still mounted) and waits for the session threads to end.
+    pub fn unmount(mut self) -> std::io::Result<()> {
+        if !self.thread.is_finished() {
+            self.unmounter.unmount()?;
+        }
+        self.thread
+            .join()
+            .map_err(|_| std::io::Error::other("FUSE session thread panicked"))?
+    }
+}
+
+pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
+    let meta = std::fs::metadata(path).map_err(|_| MountError::Missing(path.to_path_buf()))?;
+    if !meta.is_dir() {
+        return Err(MountError::NotDir(path.to_path_buf()));
+    }
+    let mut entries = std::fs::read_dir(path).map_err(|source| MountError::Fuse {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if entries.next().is_some() {
+        return Err(MountError::NotEmpty(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+pub fn mount(adapter: FuseAdapter, config: &MountConfig) -> Result<Mounted, MountError> {
+    check_mountpoint(&config.mountpoint)?;
+    let mut fuse_config = Config::default();
+    fuse_config.mount_options = vec![
+        MountOption::FSName(config.fsname.clone()),
+        MountOption::Subtype("adlsfs".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+    ];
+    fuse_config.acl = if config.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    fuse_config.n_threads = Some(config.threads.max(1));
+    fuse_config.clone_fd = true;
+    let fuse_err = |source| MountError::Fuse {
+        path: config.mountpoint.clone(),
+        source,
+    };
+    let mut session = Session::new(adapter, &config.mountpoint, &fuse_config).map_err(fuse_err)?;
+    let unmounter = session.unmount_callable();
+    let thread = std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || session.run())
+        .map_err(fuse_err)?;
+    Ok(Mounted {
+        thread,
+        unmounter,
+        mountpoint: config.mountpoint.clone(),
+    })
+}
