@@ -166,3 +166,33 @@ fn bad_inputs_get_clear_errors_and_a_failing_exit_code() {
         "a SAS must never be printed: {err}"
     );
 }
+
+#[test]
+fn mount_refuses_a_missing_or_non_empty_mountpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let out = adlsfs(
+        &[
+            "mount",
+            "adls://devstoreaccount1/box",
+            missing.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    let out = adlsfs(
+        &[
+            "mount",
+            "adls://devstoreaccount1/box",
+            dir.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not empty"), "{err}");
+}

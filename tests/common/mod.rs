@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod conformance;
+pub mod mount;
 
 use adlsfs::storage::azure::{AzureConfig, AzureStore};
 use adlsfs::storage::credentials::{Credential, Secret, EMULATOR_ACCOUNT, EMULATOR_KEY};
@@ -24,11 +25,21 @@ pub struct Azurite {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    debug_log: Option<PathBuf>,
 }
 
 impl Azurite {
     /// Starts Azurite with in-memory persistence; panics with a clear message when it can't.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts Azurite with its request log on, so tests can count the GETs a blob received.
+    pub fn start_logged() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(request_log: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("adlsfs-azurite-")
             .tempdir()
@@ -36,9 +47,15 @@ impl Azurite {
         // A just-freed port can be taken by a parallel test before Azurite binds it: retry.
         for _ in 0..5 {
             let port = free_port();
-            let mut child = spawn_azurite(port, dir.path());
+            let debug_log = request_log.then(|| dir.path().join("requests.log"));
+            let mut child = spawn_azurite(port, dir.path(), debug_log.as_deref());
             if wait_until_listening(port, &mut child) {
-                return Self { child, port, dir };
+                return Self {
+                    child,
+                    port,
+                    dir,
+                    debug_log,
+                };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -62,6 +79,27 @@ impl Azurite {
             "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://127.0.0.1:{}",
             self.port
         )
+    }
+
+    /// GET requests Azurite has received for one blob (ranged or whole), from its request
+    /// log. Panics unless started with [`Azurite::start_logged`].
+    pub fn blob_gets(&self, container: &str, blob: &str) -> usize {
+        let log = self
+            .debug_log
+            .as_ref()
+            .expect("Azurite started without a request log");
+        let mut url = self.endpoint();
+        url.set_port(None).unwrap();
+        url.path_segments_mut()
+            .unwrap()
+            .push(container)
+            .extend(blob.split('/'));
+        let needle = format!("RequestMethod=GET RequestURL={url} ");
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -100,7 +138,7 @@ impl Drop for Azurite {
     }
 }
 
-fn spawn_azurite(port: u16, dir: &Path) -> Child {
+fn spawn_azurite(port: u16, dir: &Path, debug_log: Option<&Path>) -> Child {
     let log = std::fs::File::create(dir.join("azurite.log")).expect("azurite log file");
     let mut cmd = Command::new("azurite-blob");
     cmd.args(["--blobHost", "127.0.0.1", "--blobPort"])
@@ -112,6 +150,11 @@ fn spawn_azurite(port: u16, dir: &Path) -> Child {
             "--silent",
         ])
         .current_dir(dir)
+        .args(
+            debug_log
+                .map(|p| vec!["--debug".into(), p.as_os_str().to_owned()])
+                .unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);

@@ -1,0 +1,116 @@
+//! A real `adlsfs mount` process for tests: mounted through /dev/fuse on a fresh empty
+//! directory, unmounted (SIGTERM, then a lazy fusermount3 -u as a fallback) on drop.
+
+use super::{adlsfs_bin, Azurite};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Mount {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Mount {
+    /// Mounts `location` with the cache in `cache_dir`; `extra` are further CLI arguments.
+    pub fn start(azurite: &Azurite, location: &str, cache_dir: &Path, extra: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("adlsfs-mnt-")
+            .tempdir()
+            .unwrap();
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let log = dir.path().join("mount.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(adlsfs_bin());
+        cmd.arg("mount")
+            .arg(location)
+            .arg(&mountpoint)
+            .arg("--cache-dir")
+            .arg(cache_dir)
+            .args(extra)
+            .env(
+                "AZURE_STORAGE_CONNECTION_STRING",
+                azurite.connection_string(),
+            )
+            .env("RUST_LOG", "adlsfs=debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawning adlsfs mount");
+        let deadline = Instant::now() + MOUNT_TIMEOUT;
+        while !is_mounted(&mountpoint) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "adlsfs mount exited with {status}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "mount did not appear in time");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child: Some(child),
+            dir,
+            log,
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the daemon to unmount and exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("mount already stopped");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "adlsfs did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        let mountpoint = self.path();
+        if is_mounted(&mountpoint) {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&mountpoint)
+                .status();
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let target = path.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(target.as_ref()))
+}

@@ -1,0 +1,456 @@
+//! Real mounts through /dev/fuse against a real Azurite, checked with plain file I/O,
+//! `ls` and `getfattr`: what only a mounted filesystem can show.
+
+mod common;
+
+use adlsfs::commands::upload::upload_file;
+use adlsfs::digest::{xxh3_128, XXH3_METADATA_KEY};
+use adlsfs::storage::azure::AzureStore;
+use adlsfs::storage::{BlobStore, Metadata};
+use bytes::Bytes;
+use common::mount::Mount;
+use common::{pattern, Azurite};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+fn with_digest(data: &[u8]) -> Metadata {
+    Metadata::from([(XXH3_METADATA_KEY.to_string(), xxh3_128(data).to_base64())])
+}
+
+fn put(store: &AzureStore, name: &str, data: &[u8]) {
+    rt().block_on(store.put(name, Bytes::from(data.to_vec()), &with_digest(data)))
+        .unwrap_or_else(|e| panic!("put {name}: {e}"));
+}
+
+/// Uploads a large file through a temporary file (block upload, digest in metadata).
+fn put_large(store: &AzureStore, name: &str, data: &[u8]) {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    fs::write(tmp.path(), data).unwrap();
+    rt().block_on(upload_file(store, tmp.path(), name)).unwrap();
+}
+
+/// Relative path → size of every regular file under `root`, walked with plain std::fs.
+fn walk(root: &Path) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let rel = entry
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, meta.len());
+            }
+        }
+    }
+    out
+}
+
+fn getfattr(args: &[&str], path: &Path) -> String {
+    let out = Command::new("getfattr")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("getfattr (package attr)");
+    assert!(
+        out.status.success(),
+        "getfattr failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Raw digests printed with -e text are not UTF-8.
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
+    match result {
+        Ok(_) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(-1),
+    }
+}
+
+fn cache_entries(cache: &Path) -> Vec<String> {
+    walk(&cache.join("v1")).into_keys().collect()
+}
+
+#[test]
+fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    let big = pattern(256 << 20, 11);
+    let mut fixtures: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    fixtures.insert("hello.txt".into(), b"hello world\n".to_vec());
+    fixtures.insert("empty".into(), Vec::new());
+    fixtures.insert("dir/a.csv".into(), b"id,v\n1,2\n".to_vec());
+    fixtures.insert("dir/sub dir/ünï #1.bin".into(), pattern(3 << 20, 5));
+    for (name, data) in &fixtures {
+        put(&store, name, data);
+    }
+    put_large(&store, "big/blob.bin", &big);
+    fixtures.insert("big/blob.bin".into(), big);
+
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+    let root = mount.path();
+
+    let expected: BTreeMap<String, u64> = fixtures
+        .iter()
+        .map(|(k, v)| (k.clone(), v.len() as u64))
+        .collect();
+    assert_eq!(
+        walk(&root),
+        expected,
+        "tree and sizes come from the listing"
+    );
+    assert!(
+        cache_entries(cache.path()).is_empty(),
+        "listing downloads nothing"
+    );
+
+    for (name, data) in &fixtures {
+        let got = fs::read(root.join(name)).unwrap();
+        assert!(got == *data, "bytes of {name} differ");
+    }
+    // mmap reads the same bytes as read().
+    let file = fs::File::open(root.join("dir/sub dir/ünï #1.bin")).unwrap();
+    let len = 3 << 20;
+    let mapped = unsafe {
+        use std::os::fd::AsRawFd;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap failed");
+        let copy = std::slice::from_raw_parts(p as *const u8, len).to_vec();
+        libc::munmap(p, len);
+        copy
+    };
+    assert!(mapped == fixtures["dir/sub dir/ünï #1.bin"]);
+
+    let b64 = xxh3_128(b"hello world\n").to_base64();
+    let one = getfattr(
+        &["-n", "user.hash.xxh3_128", "-e", "base64"],
+        &root.join("hello.txt"),
+    );
+    assert!(
+        one.contains(&format!("user.hash.xxh3_128=0s{b64}")),
+        "{one}"
+    );
+    let all = getfattr(&["-d", "-e", "text"], &root.join("dir/a.csv"));
+    assert!(
+        all.contains(&format!(
+            "user.adls.uri=\"adls://devstoreaccount1/{container}/dir/a.csv\""
+        )),
+        "{all}"
+    );
+    assert!(all.contains("user.adls.etag=\"\\\"0x"), "{all}");
+    let md5 = getfattr(
+        &["-n", "user.hash.md5", "-e", "base64"],
+        &root.join("hello.txt"),
+    );
+    assert!(
+        md5.contains("user.hash.md5=0sb1kCrCNwJL3QwXbLkwY9xA=="),
+        "{md5}"
+    );
+
+    let ls = Command::new("ls")
+        .arg("-l")
+        .arg(root.join("dir"))
+        .output()
+        .unwrap();
+    let ls = String::from_utf8(ls.stdout).unwrap();
+    assert!(
+        ls.contains(" 9 ") && ls.contains("a.csv") && ls.contains("sub dir"),
+        "{ls}"
+    );
+    assert!(
+        mount.log().contains("passthrough=true"),
+        "passthrough expected on this kernel:\n{}",
+        mount.log()
+    );
+}
+
+#[test]
+fn a_wrong_digest_fails_with_eio_and_caches_nothing() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    let wrong = Metadata::from([(
+        XXH3_METADATA_KEY.to_string(),
+        xxh3_128(b"other bytes").to_base64(),
+    )]);
+    rt().block_on(store.put("bad.bin", Bytes::from(pattern(100_000, 1)), &wrong))
+        .unwrap();
+    put(&store, "good.bin", b"good");
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+
+    let err = fs::read(mount.path().join("bad.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        mount.log().contains("bad.bin") && mount.log().contains("mismatch"),
+        "{}",
+        mount.log()
+    );
+    assert_eq!(cache_entries(cache.path()), Vec::<String>::new());
+    assert_eq!(
+        fs::read_dir(cache.path().join("tmp")).unwrap().count(),
+        0,
+        "temporary left behind"
+    );
+    // The mount keeps serving everything else.
+    assert_eq!(fs::read(mount.path().join("good.bin")).unwrap(), b"good");
+}
+
+#[test]
+fn sixteen_cold_readers_cause_one_download() {
+    let azurite = Azurite::start_logged();
+    let (container, store) = rt().block_on(azurite.new_container());
+    let data = pattern(40 << 20, 2);
+    put_large(&store, "shared.bin", &data);
+    put_large(&store, "alone.bin", &data);
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+
+    // The baseline: what one cold reader costs.
+    assert_eq!(
+        fs::read(mount.path().join("alone.bin")).unwrap().len(),
+        data.len()
+    );
+    let single = azurite.blob_gets(&container, "alone.bin");
+    assert!(single >= 1);
+
+    let path = mount.path().join("shared.bin");
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || xxh3_128(&fs::read(path).unwrap()))
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), xxh3_128(&data));
+    }
+    assert_eq!(
+        azurite.blob_gets(&container, "shared.bin"),
+        single,
+        "16 readers, one download"
+    );
+}
+
+#[test]
+fn ls_of_another_directory_returns_while_a_large_download_runs() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    put_large(&store, "slow/big.bin", &pattern(192 << 20, 4));
+    for i in 0..20 {
+        put(&store, &format!("other/f{i}"), b"x");
+    }
+    let cache = tempfile::tempdir().unwrap();
+    // One 1 MiB range at a time makes the download take seconds on loopback.
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &["--native-parallelism", "1", "--native-chunk-size", "1M"],
+    );
+    let big = mount.path().join("slow/big.bin");
+    let reader = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut f = fs::File::open(big).unwrap();
+        let mut first = [0u8; 1];
+        f.read_exact(&mut first).unwrap();
+        start.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let names = fs::read_dir(mount.path().join("other")).unwrap().count();
+    let ls_time = start.elapsed();
+    assert_eq!(names, 20);
+    assert!(
+        !reader.is_finished(),
+        "the download finished too fast to prove anything"
+    );
+    let open_time = reader.join().unwrap();
+    assert!(
+        ls_time < Duration::from_secs(1),
+        "ls took {ls_time:?} while a download ran"
+    );
+    assert!(
+        open_time > ls_time * 2,
+        "open {open_time:?} vs ls {ls_time:?}"
+    );
+}
+
+#[test]
+fn every_mutation_fails_with_erofs() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    put(&store, "f.txt", b"data");
+    put(&store, "d/g.txt", b"data");
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+    let root = mount.path();
+    let f = root.join("f.txt");
+    assert_eq!(errno_of(fs::write(root.join("new.txt"), b"x")), libc::EROFS);
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().append(true).open(&f)),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno_of(fs::OpenOptions::new().write(true).truncate(true).open(&f)),
+        libc::EROFS
+    );
+    assert_eq!(errno_of(fs::create_dir(root.join("newdir"))), libc::EROFS);
+    assert_eq!(errno_of(fs::remove_file(&f)), libc::EROFS);
+    assert_eq!(errno_of(fs::remove_dir_all(root.join("d"))), libc::EROFS);
+    assert_eq!(errno_of(fs::rename(&f, root.join("g.txt"))), libc::EROFS);
+    assert_eq!(
+        errno_of(fs::set_permissions(
+            &f,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777)
+        )),
+        libc::EROFS
+    );
+    let setfattr = Command::new("setfattr")
+        .args(["-n", "user.x", "-v", "1"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!setfattr.status.success());
+    assert!(
+        String::from_utf8_lossy(&setfattr.stderr).contains("Read-only"),
+        "{setfattr:?}"
+    );
+    assert_eq!(fs::read(&f).unwrap(), b"data", "reads still work");
+}
+
+#[test]
+fn remount_reuses_the_cache_without_downloading_again() {
+    let azurite = Azurite::start_logged();
+    let (container, store) = rt().block_on(azurite.new_container());
+    let data = pattern(20 << 20, 9);
+    put_large(&store, "model.bin", &data);
+    let cache = tempfile::tempdir().unwrap();
+    let location = format!("adls://devstoreaccount1/{container}");
+
+    let mut first = Mount::start(&azurite, &location, cache.path(), &[]);
+    assert!(fs::read(first.path().join("model.bin")).unwrap() == data);
+    let gets = azurite.blob_gets(&container, "model.bin");
+    assert!(gets > 0);
+    assert!(first.stop().success(), "adlsfs exits 0 on SIGTERM");
+    assert!(
+        !common::mount::is_mounted(&first.path()),
+        "SIGTERM unmounts"
+    );
+
+    let second = Mount::start(&azurite, &location, cache.path(), &[]);
+    assert!(fs::read(second.path().join("model.bin")).unwrap() == data);
+    assert_eq!(
+        azurite.blob_gets(&container, "model.bin"),
+        gets,
+        "served from the cache"
+    );
+}
+
+#[test]
+fn odd_blob_names_are_hidden_and_never_break_a_listing() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    let long = "l".repeat(256);
+    for name in [
+        "d/ok.txt",
+        "d//empty-segment",
+        &format!("d/{long}"),
+        "c/a",
+        "c/a/inner",
+    ] {
+        put(&store, name, b"x");
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+    let names = |p: &Path| -> Vec<String> {
+        let mut v: Vec<_> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&mount.path().join("d")), ["ok.txt"]);
+    assert_eq!(names(&mount.path().join("c")), ["a"]);
+    assert!(
+        mount.path().join("c/a").is_dir(),
+        "the directory shadows the file"
+    );
+    assert_eq!(fs::read(mount.path().join("c/a/inner")).unwrap(), b"x");
+    let log = mount.log();
+    assert!(
+        log.contains("blob=d// ") && log.contains("empty path segment"),
+        "{log}"
+    );
+    assert!(log.contains("longer than 255 bytes"), "{log}");
+}
+
+#[test]
+fn unmount_with_fusermount_ends_the_daemon() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    put(&store, "f", b"1");
+    let cache = tempfile::tempdir().unwrap();
+    let mut mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mount.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(mount.stop().success());
+    assert!(!common::mount::is_mounted(&mount.path()));
+}
