@@ -162,7 +162,9 @@ impl AdlsFs {
                 blocks: 0,
                 mtime: self.mounted_at,
                 perm: self.config.dir_mode,
-                nlink: 2 + d.children.as_ref().map_or(0, |c| c.subdirs),
+                // 2 + subdirectories once listed; 1 ("unknown") before, which keeps tools
+                // like find from assuming a leaf directory.
+                nlink: d.children.as_ref().map_or(1, |c| 2 + c.subdirs),
                 uid: self.config.uid,
                 gid: self.config.gid,
             },
