@@ -454,3 +454,63 @@ fn unmount_with_fusermount_ends_the_daemon() {
     assert!(mount.stop().success());
     assert!(!common::mount::is_mounted(&mount.path()));
 }
+
+#[test]
+fn blobs_without_an_xxh3_digest_verify_by_md5_or_length_or_are_refused() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    // Put Blob: the service records Content-MD5, but there is no xxh3 metadata.
+    let small = b"no xxh3 here\n".to_vec();
+    rt().block_on(store.put("md5-only.txt", Bytes::from(small.clone()), &Metadata::new()))
+        .unwrap();
+    // A block upload has neither digest.
+    let big = pattern(12 << 20, 8);
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    fs::write(tmp.path(), &big).unwrap();
+    let meta = rt()
+        .block_on(store.put_file("bare.bin", tmp.path(), &Metadata::new()))
+        .unwrap();
+    assert_eq!(
+        (meta.content_md5, meta.xxh3().unwrap()),
+        (None, None),
+        "fixture has no digest"
+    );
+
+    let location = format!("adls://devstoreaccount1/{container}");
+    let cache = tempfile::tempdir().unwrap();
+    {
+        let mount = Mount::start(&azurite, &location, cache.path(), &[]);
+        assert_eq!(fs::read(mount.path().join("md5-only.txt")).unwrap(), small);
+        assert!(fs::read(mount.path().join("bare.bin")).unwrap() == big);
+        // The xxh3 xattr of a blob without one is computed from the verified download.
+        let attr = getfattr(
+            &["-n", "user.hash.xxh3_128", "-e", "base64"],
+            &mount.path().join("bare.bin"),
+        );
+        assert!(
+            attr.contains(&format!("=0s{}", xxh3_128(&big).to_base64())),
+            "{attr}"
+        );
+        let listed = getfattr(&["-d", "-m", "-"], &mount.path().join("bare.bin"));
+        assert!(
+            !listed.contains("user.hash.md5"),
+            "no md5 to show: {listed}"
+        );
+        let log = mount.log();
+        assert!(
+            log.contains("verified_by=\"md5\"") && log.contains("verified_by=\"length\""),
+            "{log}"
+        );
+    }
+    let strict_cache = tempfile::tempdir().unwrap();
+    let strict = Mount::start(
+        &azurite,
+        &location,
+        strict_cache.path(),
+        &["--require-digest"],
+    );
+    assert_eq!(fs::read(strict.path().join("md5-only.txt")).unwrap(), small);
+    let err = fs::read(strict.path().join("bare.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(strict.log().contains("require-digest"), "{}", strict.log());
+}
