@@ -3,10 +3,15 @@
 
 use crate::cache::Cache;
 use crate::cli::MountArgs;
+use crate::cli::MountOptions;
+use crate::fetch::azcopy::{AzcopyConfig, AzcopyFetcher};
 use crate::fetch::native::{NativeConfig, NativeFetcher};
+use crate::fetch::select::{FetcherMode, SelectingFetcher};
+use crate::fetch::{sizing, Fetcher};
 use crate::fs::{AdlsFs, FsConfig};
 use crate::fuse::session::{self, MountConfig};
 use crate::fuse::FuseAdapter;
+use crate::storage::azure::AzureStore;
 use crate::storage::BlobStore;
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -23,7 +28,8 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .thread_name("adlsfs-worker")
         .build()
         .context("starting the async runtime")?;
-    let store: Arc<dyn BlobStore> = Arc::new(args.storage.to_config().connect(&args.location)?);
+    let azure = Arc::new(args.storage.to_config().connect(&args.location)?);
+    let store: Arc<dyn BlobStore> = azure.clone();
     // Fail at mount time, not at first access, when the location is wrong or unreadable.
     runtime
         .block_on(store.list_dir(&args.location.dir_prefix()))
@@ -32,13 +38,7 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
     let cache = Arc::new(
         Cache::open(&opts.cache_dir, opts.require_digest).context("opening the cache directory")?,
     );
-    let fetcher = Arc::new(NativeFetcher::new(
-        Arc::clone(&store),
-        NativeConfig {
-            chunk_size: opts.native_chunk_size,
-            parallelism: opts.native_parallelism,
-        },
-    ));
+    let fetcher = build_fetcher(opts, Arc::clone(&store), azure);
     // SAFETY: getters without preconditions.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let fs = Arc::new(AdlsFs::new(
@@ -97,4 +97,80 @@ async fn wait_for_end(mounted: &session::Mounted) -> Result<Option<&'static str>
             }
         }
     }
+}
+
+/// The native fetcher, plus azcopy when the mode may use it and a binary is found.
+fn build_fetcher(
+    opts: &MountOptions,
+    store: Arc<dyn BlobStore>,
+    azure: Arc<AzureStore>,
+) -> Arc<dyn Fetcher> {
+    let native = Arc::new(NativeFetcher::new(
+        store,
+        NativeConfig {
+            chunk_size: opts.native_chunk_size,
+            parallelism: opts.native_parallelism,
+        },
+    ));
+    let azcopy = match opts.fetcher {
+        FetcherMode::Native => None,
+        FetcherMode::Auto | FetcherMode::Azcopy => match find_azcopy(opts.azcopy_path.as_deref()) {
+            Some(binary) => {
+                let limits = sizing::read_limits(&opts.cgroup_root);
+                let env = sizing::azcopy_env(&limits, |k| std::env::var(k).ok());
+                tracing::info!(
+                    binary = %binary.display(),
+                    concurrency = %env.concurrency,
+                    concurrency_from = env.concurrency_source,
+                    buffer_gb = %env.buffer_gb,
+                    buffer_from = env.buffer_source,
+                    cpus = limits.cpus,
+                    memory_bytes = limits.memory_bytes,
+                    limits_from_cgroup = limits.cpus_from_cgroup || limits.memory_from_cgroup,
+                    "azcopy fetcher ready"
+                );
+                Some(Arc::new(AzcopyFetcher::new(
+                    AzcopyConfig {
+                        binary,
+                        cache_root: opts.cache_dir.clone(),
+                        env,
+                        stall_timeout: opts.azcopy_stall_timeout,
+                    },
+                    azure,
+                )))
+            }
+            None => {
+                tracing::warn!(
+                    "azcopy not found (--azcopy-path or PATH): every file is fetched natively"
+                );
+                None
+            }
+        },
+    };
+    Arc::new(SelectingFetcher::new(
+        opts.fetcher,
+        native,
+        azcopy,
+        opts.azcopy_min_size,
+    ))
+}
+
+/// `explicit` if it is an executable file, else `azcopy` on PATH.
+fn find_azcopy(explicit: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(path) = explicit {
+        return executable(path).then(|| path.to_path_buf());
+    }
+    std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("azcopy"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .find(|p| executable(p))
 }

@@ -1,6 +1,7 @@
 //! Command-line arguments (clap). Turns arguments into config structs; nothing else.
 
 use crate::config::{default_cache_dir, parse_duration, parse_mode, parse_size, StorageConfig};
+use crate::fetch::select::FetcherMode;
 use crate::location::Location;
 use crate::storage::RetryPolicy;
 use clap::{Args, Parser, Subcommand};
@@ -154,6 +155,22 @@ pub struct MountOptions {
     /// Size of each ranged GET (native fetcher)
     #[arg(long, env = "ADLSFS_NATIVE_CHUNK_SIZE", default_value = "8M", value_parser = parse_size)]
     pub native_chunk_size: u64,
+    /// How files are downloaded: azcopy for large blobs when free (auto), always azcopy, or
+    /// always the built-in parallel downloader
+    #[arg(long, env = "ADLSFS_FETCHER", value_enum, default_value = "auto")]
+    pub fetcher: FetcherMode,
+    /// The azcopy binary (default: `azcopy` on PATH)
+    #[arg(long, env = "ADLSFS_AZCOPY_PATH")]
+    pub azcopy_path: Option<PathBuf>,
+    /// Smallest blob `--fetcher auto` gives to azcopy (it costs ~2 s to start)
+    #[arg(long, env = "ADLSFS_AZCOPY_MIN_SIZE", default_value = "20M", value_parser = parse_size)]
+    pub azcopy_min_size: u64,
+    /// Kill an azcopy job whose transferred bytes do not grow for this long
+    #[arg(long, env = "ADLSFS_AZCOPY_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub azcopy_stall_timeout: Duration,
+    /// cgroup v2 mount whose cpu.max and memory.max size azcopy
+    #[arg(long, env = "ADLSFS_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
     /// Stay in the foreground (the default until daemonising is implemented)
     #[arg(long, env = "ADLSFS_FOREGROUND")]
     pub foreground: bool,

@@ -133,7 +133,7 @@ impl Cache {
         let tmp = self.new_temporary(key)?;
         let started = Instant::now();
         let result = async {
-            fetcher.fetch(meta, &tmp).await?;
+            let report = fetcher.fetch(meta, &tmp).await?;
             let (tmp_owned, meta_owned, require) = (tmp.clone(), meta.clone(), self.require_digest);
             let verified = tokio::task::spawn_blocking(move || {
                 let verified = verify_file(&tmp_owned, &meta_owned, require)?;
@@ -143,15 +143,15 @@ impl Cache {
             .await
             .expect("verify task panicked")?;
             publish(&tmp, final_path, &verified)?;
-            Ok(verified)
+            Ok((verified, report))
         }
         .await;
         match result {
-            Ok(verified) => {
+            Ok((verified, report)) => {
                 tracing::info!(
                     blob = %meta.name,
                     bytes = meta.size,
-                    fetcher = fetcher.name(),
+                    fetcher = report.fetcher,
                     verified_by = verified.checked_by,
                     seconds = started.elapsed().as_secs_f64(),
                     "materialised"

@@ -2,7 +2,10 @@
 //! the bytes before the cache makes them visible. The native fetcher lives here; azcopy
 //! joins it behind the same trait.
 
+pub mod azcopy;
 pub mod native;
+pub mod select;
+pub mod sizing;
 pub mod verify;
 
 use crate::digest::DigestError;
@@ -30,6 +33,8 @@ pub enum FetchError {
     MissingDigest { blob: String },
     #[error("{blob:?} has an unusable digest in its metadata: {source}")]
     BadDigestMetadata { blob: String, source: DigestError },
+    #[error("{tool}: {message}")]
+    Tool { tool: &'static str, message: String },
     #[error("{blob:?}: received {actual} bytes, expected {expected}")]
     SizeMismatch {
         blob: String,
@@ -53,9 +58,15 @@ impl FetchError {
     }
 }
 
+/// What a completed fetch reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchReport {
+    /// The fetcher that actually downloaded the file ("native", "azcopy").
+    pub fetcher: &'static str,
+}
+
 /// Downloads one blob version, whole, into `dest` (an existing, empty file).
 #[async_trait]
 pub trait Fetcher: Send + Sync + 'static {
-    fn name(&self) -> &'static str;
-    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<(), FetchError>;
+    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<FetchReport, FetchError>;
 }

@@ -2,7 +2,7 @@
 //! written at their offsets into the destination. Memory in flight is bounded by
 //! `parallelism × chunk_size`, whatever the size of the file.
 
-use super::{FetchError, Fetcher};
+use super::{FetchError, FetchReport, Fetcher};
 use crate::storage::{BlobMeta, BlobStore, StorageError};
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -41,13 +41,12 @@ impl NativeFetcher {
 
 #[async_trait]
 impl Fetcher for NativeFetcher {
-    fn name(&self) -> &'static str {
-        "native"
-    }
-
-    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<(), FetchError> {
+    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<FetchReport, FetchError> {
+        const REPORT: FetchReport = FetchReport { fetcher: "native" };
+        // Truncate: a fallback after a failed azcopy run may find a partial file here.
         let file = File::options()
             .write(true)
+            .truncate(true)
             .open(dest)
             .map_err(|e| FetchError::io(dest, e))?;
         if meta.size == 0 {
@@ -60,7 +59,7 @@ impl Fetcher for NativeFetcher {
                     actual: data.len() as u64,
                 });
             }
-            return Ok(());
+            return Ok(REPORT);
         }
         // Reserve the space up front: a full disk fails now, not after minutes of download.
         fs2::FileExt::allocate(&file, meta.size).map_err(|e| FetchError::io(dest, e))?;
@@ -92,6 +91,7 @@ impl Fetcher for NativeFetcher {
             })
             .buffer_unordered(self.config.parallelism.max(1))
             .try_collect::<()>()
-            .await
+            .await?;
+        Ok(REPORT)
     }
 }

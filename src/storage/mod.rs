@@ -109,6 +109,29 @@ impl StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Mints URLs that let an external tool (azcopy) read one blob for a while.
+#[async_trait]
+pub trait ReadUrlSigner: Send + Sync + 'static {
+    async fn read_url(&self, name: &str, valid_for: Duration) -> Result<url::Url>;
+}
+
+/// Replaces the signature of any SAS in `text` (`sig=...`) so it can be logged.
+pub fn redact_sas(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("sig=") {
+        out.push_str(&rest[..i + 4]);
+        out.push_str("REDACTED");
+        rest = &rest[i + 4..];
+        let end = rest
+            .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The operations adlsfs needs from a container. Blob names are full names inside the
 /// container; prefixes passed to [`BlobStore::list_dir`] are empty or end in `/`.
 #[async_trait]
@@ -137,5 +160,17 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
                 source,
             })?;
         self.put(name, Bytes::from(data), metadata).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sas_signatures_are_redacted() {
+        let text = "GET https://a.blob.core.windows.net/c/b?sv=1&sig=abc%2Bdef%3D&se=2 failed; \"sig=xyz\"";
+        assert_eq!(
+            super::redact_sas(text),
+            "GET https://a.blob.core.windows.net/c/b?sv=1&sig=REDACTED&se=2 failed; \"sig=REDACTED\""
+        );
     }
 }

@@ -94,11 +94,13 @@ impl Azurite {
             .unwrap()
             .push(container)
             .extend(blob.split('/'));
-        let needle = format!("RequestMethod=GET RequestURL={url} ");
+        // With or without a query (azcopy's requests carry a SAS).
+        let plain = format!("RequestMethod=GET RequestURL={url} ");
+        let with_query = format!("RequestMethod=GET RequestURL={url}?");
         std::fs::read_to_string(log)
             .unwrap_or_default()
             .lines()
-            .filter(|l| l.contains(&needle))
+            .filter(|l| l.contains(&plain) || l.contains(&with_query))
             .count()
     }
 

@@ -18,6 +18,17 @@ pub struct Mount {
 impl Mount {
     /// Mounts `location` with the cache in `cache_dir`; `extra` are further CLI arguments.
     pub fn start(azurite: &Azurite, location: &str, cache_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(azurite, location, cache_dir, extra, &[])
+    }
+
+    /// Like [`Mount::start`], with extra environment variables for the daemon.
+    pub fn start_with_env(
+        azurite: &Azurite,
+        location: &str,
+        cache_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("adlsfs-mnt-")
             .tempdir()
@@ -38,6 +49,7 @@ impl Mount {
                 azurite.connection_string(),
             )
             .env("RUST_LOG", "adlsfs=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);

@@ -6,7 +6,9 @@ mod rest;
 mod shared_key;
 
 use super::credentials::{Access, Credential};
-use super::{BlobMeta, BlobStore, DirListing, Metadata, Result, RetryPolicy, StorageError};
+use super::{
+    BlobMeta, BlobStore, DirListing, Metadata, ReadUrlSigner, Result, RetryPolicy, StorageError,
+};
 use crate::location::Location;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -336,5 +338,46 @@ impl BlobStore for AzureStore {
         }
         writer.finish().await.map_err(|e| self.map_error(name, e))?;
         self.head(name).await
+    }
+}
+
+#[async_trait]
+impl ReadUrlSigner for AzureStore {
+    /// A URL that lets its holder read one blob for `valid_for`, for tools like azcopy
+    /// that take URLs: a service SAS minted from an account key, a user-delegation SAS
+    /// from Entra ID credentials, the configured SAS, or the plain URL when anonymous.
+    async fn read_url(&self, name: &str, valid_for: Duration) -> Result<Url> {
+        let mut url = self.rest.blob_url(name)?;
+        match &self.rest.auth {
+            RestAuth::Anonymous => Ok(url),
+            RestAuth::Sas(pairs) => {
+                url.query_pairs_mut().extend_pairs(pairs);
+                Ok(url)
+            }
+            RestAuth::SharedKey(key) => {
+                let start = chrono::Utc::now() - chrono::Duration::minutes(5);
+                let expiry = chrono::Utc::now()
+                    + chrono::Duration::from_std(valid_for).unwrap_or(chrono::Duration::hours(1));
+                let pairs = shared_key::blob_read_sas(
+                    &self.rest.account,
+                    key,
+                    &self.rest.container,
+                    name,
+                    start,
+                    expiry,
+                );
+                url.query_pairs_mut().extend_pairs(pairs);
+                Ok(url)
+            }
+            RestAuth::Provider(_) => {
+                // A user-delegation SAS needs object_store's delegation key.
+                use object_store::signer::Signer;
+                let path = self.object_path(name)?;
+                self.store
+                    .signed_url(reqwest::Method::GET, &path, valid_for)
+                    .await
+                    .map_err(|e| self.map_error(name, e))
+            }
+        }
     }
 }

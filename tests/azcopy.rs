@@ -1,0 +1,363 @@
+//! The azcopy fetcher with the real azcopy against Azurite, plus fake azcopy scripts for
+//! what the real one cannot be made to do on cue (fail, hang, report its environment).
+
+mod common;
+
+use adlsfs::cache::layout::EntryKey;
+use adlsfs::cache::Cache;
+use adlsfs::digest::{xxh3_128, XXH3_METADATA_KEY};
+use adlsfs::fetch::azcopy::{AzcopyConfig, AzcopyError, AzcopyFetcher};
+use adlsfs::fetch::native::{NativeConfig, NativeFetcher};
+use adlsfs::fetch::select::{FetcherMode, SelectingFetcher};
+use adlsfs::fetch::sizing::AzcopyEnv;
+use adlsfs::fetch::Fetcher;
+use adlsfs::storage::azure::AzureStore;
+use adlsfs::storage::{BlobMeta, BlobStore, Metadata};
+use bytes::Bytes;
+use common::mount::Mount;
+use common::{pattern, Azurite};
+use fs2::FileExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env() -> AzcopyEnv {
+    AzcopyEnv {
+        concurrency: "8".into(),
+        buffer_gb: "0.5".into(),
+        concurrency_source: "test",
+        buffer_source: "test",
+    }
+}
+
+fn azcopy_binary() -> PathBuf {
+    let paths = std::env::var_os("PATH").unwrap();
+    std::env::split_paths(&paths)
+        .map(|d| d.join("azcopy"))
+        .find(|p| p.is_file())
+        .expect("azcopy not on PATH: run scripts/setup")
+}
+
+fn fetcher(
+    store: &Arc<AzureStore>,
+    binary: PathBuf,
+    cache_root: &Path,
+    stall: Duration,
+) -> Arc<AzcopyFetcher> {
+    Arc::new(AzcopyFetcher::new(
+        AzcopyConfig {
+            binary,
+            cache_root: cache_root.to_path_buf(),
+            env: env(),
+            stall_timeout: stall,
+        },
+        store.clone(),
+    ))
+}
+
+async fn put(store: &AzureStore, name: &str, data: Vec<u8>) -> BlobMeta {
+    let meta = Metadata::from([(XXH3_METADATA_KEY.to_string(), xxh3_128(&data).to_base64())]);
+    store.put(name, Bytes::from(data), &meta).await.unwrap()
+}
+
+fn key(meta: &BlobMeta) -> EntryKey {
+    EntryKey {
+        account: "devstoreaccount1".into(),
+        container: "c".into(),
+        blob: meta.name.clone(),
+        etag: meta.etag.clone(),
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A fake azcopy: a shell script with the given body.
+fn fake_azcopy(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("azcopy");
+    std::fs::write(&path, format!("#!/bin/bash\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn real_azcopy_materialises_a_verified_file_and_leaves_nothing_behind() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let store = Arc::new(store);
+    let data = pattern(24 << 20, 3);
+    let meta = put(&store, "dir/odd name+%#.bin", data.clone()).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(cache_dir.path(), true).unwrap();
+    let azcopy = fetcher(
+        &store,
+        azcopy_binary(),
+        cache_dir.path(),
+        Duration::from_secs(60),
+    );
+
+    let cached = cache
+        .get_or_fetch(&key(&meta), &meta, azcopy.as_ref())
+        .await
+        .unwrap();
+    assert!(std::fs::read(&cached.path).unwrap() == data);
+    assert_eq!(cached.xxh3, Some(xxh3_128(&data)));
+    assert!(
+        files_under(&cache_dir.path().join("tmp")).is_empty(),
+        "no .azDownload or temporaries"
+    );
+    assert!(
+        files_under(&cache_dir.path().join("azcopy/plans")).is_empty(),
+        "plan files removed"
+    );
+    assert!(
+        files_under(&cache_dir.path().join("azcopy/logs")).is_empty(),
+        "logs of a good job removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_it() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let store = Arc::new(store);
+    let meta = put(&store, "big.bin", pattern(8 << 20, 1)).await;
+    let cache_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(cache_dir.path().join("locks")).unwrap();
+    let native = Arc::new(NativeFetcher::new(store.clone(), NativeConfig::default()));
+    let azcopy = fetcher(
+        &store,
+        azcopy_binary(),
+        cache_dir.path(),
+        Duration::from_secs(60),
+    );
+    let dest = cache_dir.path().join("dest");
+
+    // Another process's azcopy job holds the node lock.
+    let lock = std::fs::File::create(cache_dir.path().join("locks/azcopy.lock")).unwrap();
+    lock.lock_exclusive().unwrap();
+
+    let auto = SelectingFetcher::new(
+        FetcherMode::Auto,
+        native.clone(),
+        Some(azcopy.clone()),
+        1 << 20,
+    );
+    std::fs::write(&dest, b"").unwrap();
+    let start = Instant::now();
+    assert_eq!(auto.fetch(&meta, &dest).await.unwrap().fetcher, "native");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "auto must not queue behind azcopy"
+    );
+
+    let forced = Arc::new(SelectingFetcher::new(
+        FetcherMode::Azcopy,
+        native,
+        Some(azcopy),
+        1 << 20,
+    ));
+    std::fs::write(&dest, b"").unwrap();
+    let (m, d, f) = (meta.clone(), dest.clone(), forced.clone());
+    let waiting = tokio::spawn(async move { f.fetch(&m, &d).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !waiting.is_finished(),
+        "azcopy mode waits for the node lock"
+    );
+    drop(lock);
+    assert_eq!(waiting.await.unwrap().unwrap().fetcher, "azcopy");
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), meta.size);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_or_missing_azcopy_falls_back_to_native() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let store = Arc::new(store);
+    let data = pattern(3 << 20, 2);
+    let meta = put(&store, "f.bin", data.clone()).await;
+    let scripts = tempfile::tempdir().unwrap();
+    let failing = fake_azcopy(
+        scripts.path(),
+        r#"echo '{"MessageType":"Error","MessageContent":"RESPONSE 403: AuthorizationFailure sig=SECRET"}'; exit 1"#,
+    );
+    let native = Arc::new(NativeFetcher::new(store.clone(), NativeConfig::default()));
+    for binary in [failing.clone(), scripts.path().join("missing-azcopy")] {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(cache_dir.path(), true).unwrap();
+        let azcopy = fetcher(&store, binary, cache_dir.path(), Duration::from_secs(60));
+        let direct = azcopy
+            .fetch_locked(&meta, &cache_dir.path().join("x"), true)
+            .await
+            .unwrap_err();
+        assert!(
+            !direct.to_string().contains("SECRET"),
+            "SAS leaked: {direct}"
+        );
+        let select = SelectingFetcher::new(FetcherMode::Azcopy, native.clone(), Some(azcopy), 0);
+        let cached = cache
+            .get_or_fetch(&key(&meta), &meta, &select)
+            .await
+            .unwrap();
+        assert!(std::fs::read(&cached.path).unwrap() == data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_azcopy_is_killed_after_the_stall_timeout() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let store = Arc::new(store);
+    let meta = put(&store, "f.bin", pattern(1 << 20, 2)).await;
+    let scripts = tempfile::tempdir().unwrap();
+    let pid_file = scripts.path().join("pid");
+    // Like azcopy retrying an unreachable endpoint: ignores SIGTERM, never progresses.
+    let hung = fake_azcopy(
+        scripts.path(),
+        &format!(
+            "trap '' TERM; echo $$ > {}; while true; do sleep 1; done",
+            pid_file.display()
+        ),
+    );
+    let cache_dir = tempfile::tempdir().unwrap();
+    let azcopy = fetcher(&store, hung, cache_dir.path(), Duration::from_secs(1));
+    let start = Instant::now();
+    let err = azcopy
+        .fetch_locked(&meta, &cache_dir.path().join("x"), true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, AzcopyError::Stalled(_)), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the hung azcopy must be gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invocation_environment_and_stdin_follow_the_design() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let store = Arc::new(store);
+    let meta = put(&store, "f.bin", pattern(1 << 20, 2)).await;
+    let scripts = tempfile::tempdir().unwrap();
+    let record = scripts.path().join("record");
+    let fake = fake_azcopy(
+        scripts.path(),
+        &format!(
+            r#"{{ printf '%s\n' "$@"; env | grep '^AZCOPY_' | sort
+               if read -t 0.5 line; then echo stdin=data; elif [ $? -gt 128 ]; then echo stdin=open; else echo stdin=eof; fi
+            }} > {}; exit 3"#,
+            record.display()
+        ),
+    );
+    let cache_dir = tempfile::tempdir().unwrap();
+    let azcopy = fetcher(&store, fake, cache_dir.path(), Duration::from_secs(30));
+    let dest = cache_dir.path().join("tmp-dest");
+    azcopy.fetch_locked(&meta, &dest, true).await.unwrap_err();
+    let seen = std::fs::read_to_string(&record).unwrap();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0], "copy");
+    assert!(
+        lines[1].contains("/f.bin?") && lines[1].contains("sp=r") && lines[1].contains("sig="),
+        "{seen}"
+    );
+    assert_eq!(lines[2], dest.to_str().unwrap());
+    for flag in [
+        "--from-to=BlobLocal",
+        "--check-md5=NoCheck",
+        "--output-type=json",
+    ] {
+        assert!(lines.contains(&flag), "{flag} missing: {seen}");
+    }
+    assert!(
+        seen.contains("AZCOPY_CONCURRENCY_VALUE=8\n") && seen.contains("AZCOPY_BUFFER_GB=0.5\n"),
+        "{seen}"
+    );
+    let logs = cache_dir.path().join("azcopy/logs");
+    assert!(
+        seen.contains(&format!("AZCOPY_LOG_LOCATION={}\n", logs.display())),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!(
+            "AZCOPY_JOB_PLAN_LOCATION={}\n",
+            cache_dir.path().join("azcopy/plans").display()
+        )),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("stdin=open"),
+        "stdin must be a pipe held open: {seen}"
+    );
+}
+
+#[test]
+fn mount_sizes_azcopy_from_the_cgroup_and_honours_the_users_setting() {
+    let azurite = Azurite::start();
+    let (container, store) = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (c, s) = azurite.new_container().await;
+        put(&s, "big.bin", pattern(6 << 20, 5)).await;
+        (c, s)
+    });
+    drop(store);
+    let cgroup = tempfile::tempdir().unwrap();
+    std::fs::write(cgroup.path().join("cpu.max"), "300000 100000\n").unwrap();
+    std::fs::write(cgroup.path().join("memory.max"), "2147483648\n").unwrap();
+    let location = format!("adls://devstoreaccount1/{container}");
+    let cgroup_arg = cgroup.path().to_str().unwrap();
+    let args = [
+        "--fetcher",
+        "azcopy",
+        "--azcopy-min-size",
+        "1M",
+        "--cgroup-root",
+        cgroup_arg,
+    ];
+
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start(&azurite, &location, cache.path(), &args);
+    let data = std::fs::read(mount.path().join("big.bin")).unwrap();
+    assert_eq!(xxh3_128(&data), xxh3_128(&pattern(6 << 20, 5)));
+    let log = mount.log();
+    assert!(
+        log.contains("concurrency=12 concurrency_from=\"limits\" buffer_gb=0.50"),
+        "{log}"
+    );
+    assert!(log.contains("fetcher=\"azcopy\""), "{log}");
+    drop(mount);
+
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start_with_env(
+        &azurite,
+        &location,
+        cache.path(),
+        &args,
+        &[("AZCOPY_CONCURRENCY", "5")],
+    );
+    let log = mount.log();
+    assert!(
+        log.contains("concurrency=5 concurrency_from=\"AZCOPY_CONCURRENCY\""),
+        "{log}"
+    );
+}
