@@ -147,16 +147,30 @@ impl InodeTable {
             let ino = self.file_ino(meta, dir, &name);
             entries.insert(name, ino);
         }
+        let mut dropped = Vec::new();
         if let Some(Node {
             kind: NodeKind::Dir(d),
             ..
         }) = self.nodes.get_mut(&dir)
         {
+            if let Some(old) = d.children.take() {
+                dropped.extend(
+                    old.entries
+                        .into_iter()
+                        .filter(|(name, ino)| entries.get(name) != Some(ino))
+                        .map(|(_, ino)| ino),
+                );
+            }
             d.children = Some(Children {
                 fetched: now,
                 entries,
                 subdirs,
             });
+        }
+        // Entries that left the listing (replaced versions, deleted blobs) go now unless
+        // the kernel or an open handle still refers to them; forget/release finish the rest.
+        for ino in dropped {
+            self.remove_if_unused(ino);
         }
     }
 
@@ -239,6 +253,10 @@ impl InodeTable {
                 }
                 NodeKind::Dir(d) => {
                     self.dirs.remove(&d.prefix);
+                    // Its subtree is unreachable now: drop what nobody else holds.
+                    for child in d.children.into_iter().flat_map(|c| c.entries.into_values()) {
+                        self.remove_if_unused(child);
+                    }
                 }
             }
         }

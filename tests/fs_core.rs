@@ -1,0 +1,908 @@
+//! Fast tests of the filesystem core (`adlsfs::fs::AdlsFs`) against the in-memory store:
+//! no FUSE, no Azurite. They check the contracts of DESIGN.md that the core alone decides:
+//! attributes from listings, verified materialisation, single-flight, odd names, xattrs,
+//! read-only errors and one inode per blob version.
+
+use adlsfs::cache::layout::EntryKey;
+use adlsfs::cache::Cache;
+use adlsfs::digest::{self, Md5Digest, XXH3_METADATA_KEY};
+use adlsfs::fetch::native::{NativeConfig, NativeFetcher};
+use adlsfs::fs::{AdlsFs, Attr, FsConfig, FsError, Ino, Kind, ROOT_INO};
+use adlsfs::location::Location;
+use adlsfs::storage::memory::MemoryStore;
+use adlsfs::storage::{BlobMeta, BlobStore, DirListing, Metadata};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+const CHUNK: u64 = 64 * 1024;
+const MIB: usize = 1 << 20;
+
+fn config() -> FsConfig {
+    FsConfig {
+        metadata_ttl: Duration::from_secs(60),
+        uid: 1000,
+        gid: 1000,
+        file_mode: 0o644,
+        dir_mode: 0o755,
+    }
+}
+
+/// A filesystem core over `store`, with its own cache directory.
+struct Mount {
+    fs: Arc<AdlsFs>,
+    cache: Arc<Cache>,
+    cache_dir: TempDir,
+    location: Location,
+}
+
+impl Mount {
+    fn new(store: Arc<dyn BlobStore>, location: &str) -> Self {
+        Self::with(store, location, false, config())
+    }
+
+    fn with(
+        store: Arc<dyn BlobStore>,
+        location: &str,
+        require_digest: bool,
+        config: FsConfig,
+    ) -> Self {
+        let cache_dir = tempfile::tempdir().unwrap();
+        Self::on_cache(store, location, require_digest, config, cache_dir)
+    }
+
+    fn on_cache(
+        store: Arc<dyn BlobStore>,
+        location: &str,
+        require_digest: bool,
+        config: FsConfig,
+        cache_dir: TempDir,
+    ) -> Self {
+        let cache = Arc::new(Cache::open(cache_dir.path(), require_digest).unwrap());
+        let fetcher = Arc::new(NativeFetcher::new(
+            Arc::clone(&store),
+            NativeConfig {
+                chunk_size: CHUNK,
+                parallelism: 4,
+            },
+        ));
+        let location: Location = location.parse().unwrap();
+        let fs = Arc::new(AdlsFs::new(
+            location.clone(),
+            store,
+            Arc::clone(&cache),
+            fetcher,
+            config,
+        ));
+        Self {
+            fs,
+            cache,
+            cache_dir,
+            location,
+        }
+    }
+
+    fn v1_files(&self) -> Vec<PathBuf> {
+        files_under(&self.cache_dir.path().join("v1"))
+    }
+
+    fn tmp_files(&self) -> Vec<PathBuf> {
+        files_under(&self.cache_dir.path().join("tmp"))
+    }
+
+    fn entry_path(&self, meta: &BlobMeta) -> PathBuf {
+        self.cache.layout().entry_path(&EntryKey {
+            account: self.location.account.clone(),
+            container: self.location.container.clone(),
+            blob: meta.name.clone(),
+            etag: meta.etag.clone(),
+        })
+    }
+}
+
+/// Every non-directory under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Deterministic bytes that differ between chunks and between seeds.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn digest_metadata(data: &[u8]) -> Metadata {
+    [(
+        XXH3_METADATA_KEY.to_string(),
+        digest::xxh3_128(data).to_base64(),
+    )]
+    .into()
+}
+
+/// Uploads `data`, with the xxh3 metadata when `with_digest`.
+async fn put(store: &dyn BlobStore, name: &str, data: &[u8], with_digest: bool) -> BlobMeta {
+    let metadata = if with_digest {
+        digest_metadata(data)
+    } else {
+        Metadata::new()
+    };
+    store
+        .put(name, Bytes::copy_from_slice(data), &metadata)
+        .await
+        .unwrap()
+}
+
+/// Walks `path` ("a/b/c") from the root with lookups.
+async fn resolve(fs: &AdlsFs, path: &str) -> Result<Attr, FsError> {
+    let mut attr = fs.getattr(ROOT_INO)?;
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        attr = fs.lookup(attr.ino, segment).await?;
+    }
+    Ok(attr)
+}
+
+/// The names in a directory, through opendir/readdir/releasedir.
+async fn names(fs: &AdlsFs, ino: Ino) -> Vec<String> {
+    let fh = fs.opendir(ino).unwrap();
+    let entries = fs.readdir(ino, fh, 0).await.unwrap();
+    fs.releasedir(fh);
+    entries.iter().map(|e| e.name.clone()).collect()
+}
+
+fn errno<T: std::fmt::Debug>(result: Result<T, FsError>) -> i32 {
+    result.expect_err("expected an error").errno()
+}
+
+/// Reads a whole open file through `fs.read`, in pieces that straddle chunk boundaries.
+fn read_all(fs: &AdlsFs, fh: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let piece = fs.read(fh, out.len() as u64, 100_000).unwrap();
+        if piece.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&piece);
+    }
+}
+
+/// The MemoryStore with Content-MD5 removed or replaced, for blobs the fake cannot produce:
+/// no MD5 at all, or an MD5 that does not match the bytes.
+#[derive(Debug)]
+struct Md5Override {
+    inner: MemoryStore,
+    md5: Option<Md5Digest>,
+}
+
+impl Md5Override {
+    fn patch(&self, mut meta: BlobMeta) -> BlobMeta {
+        meta.content_md5 = self.md5;
+        meta
+    }
+}
+
+#[async_trait]
+impl BlobStore for Md5Override {
+    async fn list_dir(&self, prefix: &str) -> adlsfs::storage::Result<DirListing> {
+        let mut listing = self.inner.list_dir(prefix).await?;
+        listing.files = listing.files.into_iter().map(|m| self.patch(m)).collect();
+        Ok(listing)
+    }
+
+    async fn head(&self, name: &str) -> adlsfs::storage::Result<BlobMeta> {
+        Ok(self.patch(self.inner.head(name).await?))
+    }
+
+    async fn read(
+        &self,
+        name: &str,
+        range: Option<Range<u64>>,
+        etag: &str,
+    ) -> adlsfs::storage::Result<Bytes> {
+        self.inner.read(name, range, etag).await
+    }
+
+    async fn put(
+        &self,
+        name: &str,
+        data: Bytes,
+        metadata: &Metadata,
+    ) -> adlsfs::storage::Result<BlobMeta> {
+        Ok(self.patch(self.inner.put(name, data, metadata).await?))
+    }
+}
+
+// 1 ───────────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tree_sizes_and_mtimes_come_from_listing_without_any_download() {
+    let store = Arc::new(MemoryStore::new());
+    let top = put(store.as_ref(), "top.txt", &pattern(1000, 1), true).await;
+    let one = put(store.as_ref(), "a/one", &pattern(513, 2), true).await;
+    let two = put(store.as_ref(), "a/b/two", b"", true).await;
+    let three = put(store.as_ref(), "a/b/c/three", &pattern(512, 3), false).await;
+    put(store.as_ref(), "a/d/four", &pattern(10, 4), true).await;
+    put(store.as_ref(), "other/x", b"x", true).await;
+    let custom = FsConfig {
+        uid: 1234,
+        gid: 5678,
+        file_mode: 0o640,
+        dir_mode: 0o750,
+        ..config()
+    };
+    let m = Mount::with(store.clone(), "adls://acct/box", false, custom);
+    let fs = &m.fs;
+
+    assert_eq!(names(fs, ROOT_INO).await, ["a", "other", "top.txt"]);
+    assert_eq!(
+        names(fs, resolve(fs, "a").await.unwrap().ino).await,
+        ["b", "d", "one"]
+    );
+    assert_eq!(
+        names(fs, resolve(fs, "a/b").await.unwrap().ino).await,
+        ["c", "two"]
+    );
+    assert_eq!(
+        names(fs, resolve(fs, "a/b/c").await.unwrap().ino).await,
+        ["three"]
+    );
+
+    for (path, meta, blocks) in [
+        ("top.txt", &top, 2),
+        ("a/one", &one, 2),
+        ("a/b/two", &two, 0),
+        ("a/b/c/three", &three, 1),
+    ] {
+        let attr = resolve(fs, path).await.unwrap();
+        assert_eq!(attr.kind, Kind::File, "{path}");
+        assert_eq!(attr.size, meta.size, "{path}");
+        assert_eq!(attr.blocks, blocks, "{path}: st_blocks = ceil(size / 512)");
+        assert_eq!(attr.mtime, meta.last_modified, "{path}");
+        assert_eq!(attr.nlink, 1, "{path}");
+        assert_eq!(
+            (attr.uid, attr.gid, attr.perm),
+            (1234, 5678, 0o640),
+            "{path}"
+        );
+        assert_eq!(
+            fs.getattr(attr.ino).unwrap(),
+            attr,
+            "{path}: getattr = lookup"
+        );
+    }
+
+    // Directory attributes, once each directory has been listed.
+    for (path, subdirs) in [("", 2), ("a", 2), ("a/b", 1), ("a/b/c", 0), ("other", 0)] {
+        let ino = resolve(fs, path).await.unwrap().ino;
+        names(fs, ino).await;
+        let attr = fs.getattr(ino).unwrap();
+        assert_eq!(attr.kind, Kind::Dir, "{path:?}");
+        assert_eq!(
+            attr.nlink,
+            2 + subdirs,
+            "{path:?}: nlink = 2 + subdirectories"
+        );
+        assert_eq!(
+            (attr.uid, attr.gid, attr.perm),
+            (1234, 5678, 0o750),
+            "{path:?}"
+        );
+    }
+
+    // readdir entries carry the same attributes as lookup.
+    let a = resolve(fs, "a").await.unwrap().ino;
+    let fh = fs.opendir(a).unwrap();
+    let entries = fs.readdir(a, fh, 0).await.unwrap();
+    fs.releasedir(fh);
+    let one_entry = entries.iter().find(|e| e.name == "one").unwrap();
+    assert_eq!(one_entry.attr, resolve(fs, "a/one").await.unwrap());
+
+    assert_eq!(store.read_count(), 0, "listing and stat must not download");
+    assert!(m.v1_files().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_location_shows_only_what_is_under_the_prefix() {
+    let store = Arc::new(MemoryStore::new());
+    let g = put(store.as_ref(), "pre/g", b"ggg", true).await;
+    put(store.as_ref(), "pre/in/f", b"ffff", true).await;
+    put(store.as_ref(), "prefix-sibling/h", b"h", true).await;
+    put(store.as_ref(), "pre-not/z", b"z", true).await;
+    put(store.as_ref(), "pref", b"p", true).await;
+    put(store.as_ref(), "out/y", b"y", true).await;
+    let m = Mount::new(store.clone(), "adls://acct/box/pre");
+    let fs = &m.fs;
+
+    assert_eq!(names(fs, ROOT_INO).await, ["g", "in"]);
+    assert_eq!(names(fs, resolve(fs, "in").await.unwrap().ino).await, ["f"]);
+    let attr = resolve(fs, "g").await.unwrap();
+    assert_eq!((attr.size, attr.mtime), (3, g.last_modified));
+    assert_eq!(resolve(fs, "in/f").await.unwrap().size, 4);
+    for outside in ["pre", "h", "z", "y", "out", "pref", "prefix-sibling"] {
+        assert_eq!(
+            errno(fs.lookup(ROOT_INO, outside).await),
+            libc::ENOENT,
+            "{outside}"
+        );
+    }
+    assert_eq!(fs.getattr(ROOT_INO).unwrap().nlink, 3);
+    assert_eq!(store.read_count(), 0);
+}
+
+// 2 ───────────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_materialises_verified_bytes_once_into_the_cache() {
+    let store = Arc::new(MemoryStore::new());
+    let data = pattern(MIB + 123, 7);
+    let big = put(store.as_ref(), "dir/big.bin", &data, true).await;
+    let empty = put(store.as_ref(), "dir/empty", b"", true).await;
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let fs = &m.fs;
+    let chunks = (data.len() as u64).div_ceil(CHUNK);
+
+    let ino = resolve(fs, "dir/big.bin").await.unwrap().ino;
+    let open = fs.open(ino, false).await.unwrap();
+    assert_eq!(open.ino, ino);
+    assert_eq!(store.read_count(), chunks, "one ranged GET per chunk");
+    assert!(read_all(fs, open.fh) == data, "bytes differ from the blob");
+    let across = MIB as u64 - 500; // straddles a chunk boundary
+    assert_eq!(
+        fs.read(open.fh, across, 600).unwrap(),
+        data[MIB - 500..MIB + 100]
+    );
+    assert_eq!(
+        fs.read(open.fh, data.len() as u64 - 3, 100).unwrap(),
+        data[data.len() - 3..]
+    );
+    assert!(fs
+        .read(open.fh, data.len() as u64 + 10, 100)
+        .unwrap()
+        .is_empty());
+
+    // The second open (with the first still open, and after it is released) is a cache hit.
+    let again = fs.open(ino, false).await.unwrap();
+    assert_ne!(again.fh, open.fh);
+    fs.release(open.fh);
+    assert_eq!(errno(fs.read(open.fh, 0, 10)), libc::EBADF);
+    let third = fs.open(ino, false).await.unwrap();
+    assert_eq!(
+        store.read_count(),
+        chunks,
+        "a cached file is not downloaded again"
+    );
+    assert!(read_all(fs, third.fh) == data);
+    fs.release(again.fh);
+    fs.release(third.fh);
+
+    // The empty blob: one whole-blob read, an empty cache file.
+    let empty_ino = resolve(fs, "dir/empty").await.unwrap().ino;
+    let e = fs.open(empty_ino, false).await.unwrap();
+    assert_eq!(store.read_count(), chunks + 1);
+    assert!(fs.read(e.fh, 0, 4096).unwrap().is_empty());
+    fs.release(e.fh);
+    fs.open(empty_ino, false).await.unwrap();
+    assert_eq!(store.read_count(), chunks + 1);
+
+    let big_path = m.entry_path(&big);
+    let empty_path = m.entry_path(&empty);
+    assert!(big_path.starts_with(m.cache_dir.path().join("v1/acct/box/dir")));
+    assert_eq!(m.v1_files(), {
+        let mut v = vec![big_path.clone(), empty_path.clone()];
+        v.sort();
+        v
+    });
+    assert!(std::fs::read(&big_path).unwrap() == data);
+    assert_eq!(std::fs::metadata(&empty_path).unwrap().len(), 0);
+    assert_eq!(m.tmp_files(), Vec::<PathBuf>::new(), "tmp/ must be empty");
+
+    // Another mount (another process on the node) sharing the cache directory reuses it.
+    let Mount { cache_dir, .. } = m;
+    let other = Mount::on_cache(store.clone(), "adls://acct/box", false, config(), cache_dir);
+    let ino = resolve(&other.fs, "dir/big.bin").await.unwrap().ino;
+    let o = other.fs.open(ino, false).await.unwrap();
+    assert!(read_all(&other.fs, o.fh) == data);
+    assert_eq!(
+        store.read_count(),
+        chunks + 1,
+        "a shared cache entry is reused"
+    );
+}
+
+// 3 ───────────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_opens_of_a_cold_file_download_it_once() {
+    let store = Arc::new(MemoryStore::new());
+    let data = Arc::new(pattern(MIB + 123, 11));
+    put(store.as_ref(), "hot.bin", &data, true).await;
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let ino = resolve(&m.fs, "hot.bin").await.unwrap().ino;
+    let one_cold_open = (data.len() as u64).div_ceil(CHUNK);
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(16));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (fs, barrier, data) = (Arc::clone(&m.fs), Arc::clone(&barrier), Arc::clone(&data));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let open = fs.open(ino, false).await.unwrap();
+                assert!(read_all(&fs, open.fh) == *data, "bytes differ");
+                open.fh
+            })
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for task in tasks {
+        handles.push(task.await.unwrap());
+    }
+    handles.sort();
+    handles.dedup();
+    assert_eq!(handles.len(), 16, "each open gets its own handle");
+    assert_eq!(store.read_count(), one_cold_open, "16 opens, one download");
+    assert_eq!(m.v1_files().len(), 1);
+    assert!(m.tmp_files().is_empty());
+}
+
+// 4 ───────────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_digest_fails_with_eio_leaves_nothing_and_is_retried() {
+    let store = Arc::new(MemoryStore::new());
+    let data = pattern(200_000, 5);
+    let lying = digest_metadata(b"something else");
+    store
+        .put("bad.bin", Bytes::from(data.clone()), &lying)
+        .await
+        .unwrap();
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let ino = resolve(&m.fs, "bad.bin").await.unwrap().ino;
+
+    assert_eq!(errno(m.fs.open(ino, false).await), libc::EIO);
+    let after_first = store.read_count();
+    assert!(after_first > 0);
+    assert_eq!(
+        m.v1_files(),
+        Vec::<PathBuf>::new(),
+        "nothing unverified is cached"
+    );
+    assert_eq!(
+        m.tmp_files(),
+        Vec::<PathBuf>::new(),
+        "the temporary is removed"
+    );
+
+    assert_eq!(errno(m.fs.open(ino, false).await), libc::EIO);
+    assert!(
+        store.read_count() > after_first,
+        "a failed download is tried again"
+    );
+    assert!(m.v1_files().is_empty());
+    assert!(m.tmp_files().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_digest_metadata_fails_with_eio() {
+    let store = Arc::new(MemoryStore::new());
+    let metadata: Metadata = [(XXH3_METADATA_KEY.to_string(), "not a digest".to_string())].into();
+    store
+        .put("garbled", Bytes::from_static(b"hello"), &metadata)
+        .await
+        .unwrap();
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let ino = resolve(&m.fs, "garbled").await.unwrap().ino;
+    assert_eq!(errno(m.fs.open(ino, false).await), libc::EIO);
+    assert_eq!(
+        errno(m.fs.getxattr(ino, "user.hash.xxh3_128").await),
+        libc::EIO
+    );
+    assert!(m.v1_files().is_empty());
+    assert!(m.tmp_files().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_digest_accepts_content_md5_without_xxh3_metadata() {
+    // MemoryStore records Content-MD5 on every put, so such a blob is verifiable.
+    let store = Arc::new(MemoryStore::new());
+    let data = pattern(150_000, 9);
+    put(store.as_ref(), "md5only", &data, false).await;
+    let m = Mount::with(store.clone(), "adls://acct/box", true, config());
+    let ino = resolve(&m.fs, "md5only").await.unwrap().ino;
+    let open = m.fs.open(ino, false).await.unwrap();
+    assert!(read_all(&m.fs, open.fh) == data);
+    assert_eq!(m.v1_files().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn require_digest_refuses_a_blob_with_no_digest_at_all() {
+    let store = Arc::new(Md5Override {
+        inner: MemoryStore::new(),
+        md5: None,
+    });
+    let data = pattern(1000, 3);
+    put(store.as_ref(), "bare", &data, false).await;
+    put(store.as_ref(), "hashed", &data, true).await;
+
+    let strict = Mount::with(store.clone(), "adls://acct/box", true, config());
+    let bare = resolve(&strict.fs, "bare").await.unwrap().ino;
+    assert_eq!(errno(strict.fs.open(bare, false).await), libc::EIO);
+    assert!(strict.v1_files().is_empty());
+    assert!(strict.tmp_files().is_empty());
+    let hashed = resolve(&strict.fs, "hashed").await.unwrap().ino;
+    strict.fs.open(hashed, false).await.unwrap();
+
+    // Without --require-digest the same blob is served after a length-checked download.
+    let lenient = Mount::new(store.clone(), "adls://acct/box");
+    let bare = resolve(&lenient.fs, "bare").await.unwrap().ino;
+    let open = lenient.fs.open(bare, false).await.unwrap();
+    assert!(read_all(&lenient.fs, open.fh) == data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_content_md5_fails_with_eio_when_there_is_no_xxh3() {
+    let store = Arc::new(Md5Override {
+        inner: MemoryStore::new(),
+        md5: Some(digest::md5(b"other bytes")),
+    });
+    let data = pattern(70_000, 4);
+    put(store.as_ref(), "md5bad", &data, false).await;
+    put(store.as_ref(), "xxh3good", &data, true).await;
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let bad = resolve(&m.fs, "md5bad").await.unwrap().ino;
+    assert_eq!(errno(m.fs.open(bad, false).await), libc::EIO);
+    assert!(m.v1_files().is_empty());
+    assert!(m.tmp_files().is_empty());
+    // With xxh3 metadata, the (slow) MD5 is not consulted.
+    let good = resolve(&m.fs, "xxh3good").await.unwrap().ino;
+    let open = m.fs.open(good, false).await.unwrap();
+    assert!(read_all(&m.fs, open.fh) == data);
+}
+
+// 5 ───────────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn odd_names_are_hidden_and_never_break_a_listing() {
+    let store = Arc::new(MemoryStore::new());
+    let long256 = "x".repeat(256);
+    let long255 = "y".repeat(255);
+    for name in [
+        "d/ok".to_string(),
+        "d//x".to_string(),
+        "d/../escape".to_string(),
+        "d/./dot".to_string(),
+        "d/.".to_string(),
+        "d/".to_string(),
+        format!("d/{long256}"),
+        format!("d/{long256}/under"),
+        format!("long/{long255}"),
+        "c/a".to_string(),
+        "c/a/b".to_string(),
+    ] {
+        put(store.as_ref(), &name, name.as_bytes(), true).await;
+    }
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let fs = &m.fs;
+
+    assert_eq!(names(fs, ROOT_INO).await, ["c", "d", "long"]);
+    let d = resolve(fs, "d").await.unwrap().ino;
+    assert_eq!(names(fs, d).await, ["ok"]);
+    assert_eq!(
+        fs.getattr(d).unwrap().nlink,
+        2,
+        "hidden prefixes are not subdirectories"
+    );
+    assert_eq!(resolve(fs, "d/ok").await.unwrap().size, 4);
+    for hidden in [
+        "",
+        ".",
+        "..",
+        "x",
+        "escape",
+        "dot",
+        "under",
+        long256.as_str(),
+    ] {
+        assert_eq!(
+            errno(fs.lookup(d, hidden).await),
+            libc::ENOENT,
+            "{hidden:?}"
+        );
+    }
+    assert_eq!(errno(fs.lookup(ROOT_INO, "escape").await), libc::ENOENT);
+
+    // A 255-byte name is legal and shown.
+    let long = resolve(fs, "long").await.unwrap().ino;
+    assert_eq!(names(fs, long).await, vec![long255.clone()]);
+    assert_eq!(fs.lookup(long, &long255).await.unwrap().kind, Kind::File);
+
+    // "c/a" is both a blob and a prefix: the directory wins.
+    let c = resolve(fs, "c").await.unwrap().ino;
+    let fh = fs.opendir(c).unwrap();
+    let entries = fs.readdir(c, fh, 0).await.unwrap();
+    fs.releasedir(fh);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].name.as_str(), entries[0].attr.kind),
+        ("a", Kind::Dir)
+    );
+    let a = fs.lookup(c, "a").await.unwrap();
+    assert_eq!(a.kind, Kind::Dir);
+    assert_eq!(names(fs, a.ino).await, ["b"]);
+    assert_eq!(resolve(fs, "c/a/b").await.unwrap().kind, Kind::File);
+
+    // Listing twice (a refresh) gives the same result.
+    assert_eq!(names(fs, d).await, ["ok"]);
+    assert_eq!(store.read_count(), 0);
+}
+
+// 6 ───────────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn xattrs_give_digests_uri_and_etag() {
+    let store = Arc::new(MemoryStore::new());
+    let data = pattern(300_000, 21);
+    let plain = pattern(100_000, 22);
+    put(store.as_ref(), "pre/sub/file.bin", &data, true).await;
+    put(store.as_ref(), "pre/nodigest.bin", &plain, false).await;
+    let m = Mount::new(store.clone(), "adls://acct/box/pre");
+    let fs = &m.fs;
+
+    let file = resolve(fs, "sub/file.bin").await.unwrap().ino;
+    assert_eq!(
+        fs.listxattr(file).unwrap(),
+        [
+            "user.hash.xxh3_128",
+            "user.hash.md5",
+            "user.adls.uri",
+            "user.adls.etag"
+        ]
+    );
+    assert_eq!(
+        fs.getxattr(file, "user.hash.xxh3_128").await.unwrap(),
+        digest::xxh3_128(&data).as_bytes()
+    );
+    assert_eq!(
+        fs.getxattr(file, "user.hash.md5").await.unwrap(),
+        digest::md5(&data).as_bytes()
+    );
+    assert_eq!(
+        fs.getxattr(file, "user.adls.uri").await.unwrap(),
+        b"adls://acct/box/pre/sub/file.bin",
+        "the full blob name, not relative to the mounted prefix"
+    );
+    let head = store.head("pre/sub/file.bin").await.unwrap();
+    assert_eq!(
+        fs.getxattr(file, "user.adls.etag").await.unwrap(),
+        head.etag.as_bytes()
+    );
+    for unknown in ["user.nope", "user.hash.sha256", "security.selinux", ""] {
+        assert_eq!(
+            errno(fs.getxattr(file, unknown).await),
+            libc::ENODATA,
+            "{unknown:?}"
+        );
+    }
+    assert_eq!(
+        store.read_count(),
+        0,
+        "a digest in metadata needs no download"
+    );
+
+    // No xxh3 metadata: reading the xattr materialises and hashes the file.
+    let nodigest = resolve(fs, "nodigest.bin").await.unwrap().ino;
+    assert_eq!(
+        fs.getxattr(nodigest, "user.hash.xxh3_128").await.unwrap(),
+        digest::xxh3_128(&plain).as_bytes()
+    );
+    let reads = store.read_count();
+    assert_eq!(reads, (plain.len() as u64).div_ceil(CHUNK));
+    assert_eq!(m.v1_files().len(), 1);
+    assert_eq!(
+        fs.getxattr(nodigest, "user.hash.xxh3_128").await.unwrap(),
+        digest::xxh3_128(&plain).as_bytes()
+    );
+    let open = fs.open(nodigest, false).await.unwrap();
+    assert!(read_all(fs, open.fh) == plain);
+    assert_eq!(store.read_count(), reads, "hashed once, downloaded once");
+
+    // Directories have no attributes.
+    for dir in [ROOT_INO, resolve(fs, "sub").await.unwrap().ino] {
+        assert!(fs.listxattr(dir).unwrap().is_empty());
+        assert_eq!(
+            errno(fs.getxattr(dir, "user.hash.xxh3_128").await),
+            libc::ENODATA
+        );
+        assert_eq!(
+            errno(fs.getxattr(dir, "user.adls.uri").await),
+            libc::ENODATA
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blob_without_content_md5_has_no_md5_xattr() {
+    let store = Arc::new(Md5Override {
+        inner: MemoryStore::new(),
+        md5: None,
+    });
+    put(store.as_ref(), "f", b"data", true).await;
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let ino = resolve(&m.fs, "f").await.unwrap().ino;
+    assert_eq!(
+        m.fs.listxattr(ino).unwrap(),
+        ["user.hash.xxh3_128", "user.adls.uri", "user.adls.etag"]
+    );
+    assert_eq!(
+        errno(m.fs.getxattr(ino, "user.hash.md5").await),
+        libc::ENODATA
+    );
+    assert_eq!(
+        m.fs.getxattr(ino, "user.hash.xxh3_128").await.unwrap(),
+        digest::xxh3_128(b"data").as_bytes()
+    );
+}
+
+// 7 ───────────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_mount_is_read_only_and_kinds_are_enforced() {
+    let store = Arc::new(MemoryStore::new());
+    put(store.as_ref(), "dir/file", b"content", true).await;
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let fs = &m.fs;
+    let dir = resolve(fs, "dir").await.unwrap().ino;
+    let file = resolve(fs, "dir/file").await.unwrap().ino;
+
+    assert_eq!(errno(fs.open(file, true).await), libc::EROFS);
+    assert_eq!(
+        store.read_count(),
+        0,
+        "a refused write-open downloads nothing"
+    );
+    assert_eq!(errno(fs.open(dir, false).await), libc::EISDIR);
+    assert_eq!(errno(fs.open(ROOT_INO, false).await), libc::EISDIR);
+    assert_eq!(errno(fs.lookup(file, "x").await), libc::ENOTDIR);
+    assert_eq!(errno(fs.opendir(file)), libc::ENOTDIR);
+    assert_eq!(errno(fs.lookup(dir, "missing").await), libc::ENOENT);
+    assert_eq!(errno(fs.lookup(ROOT_INO, "missing").await), libc::ENOENT);
+    assert_eq!(errno(fs.getattr(987_654)), libc::ENOENT);
+    assert_eq!(errno(fs.open(987_654, false).await), libc::ENOENT);
+    assert_eq!(errno(fs.read(424_242, 0, 10)), libc::EBADF);
+    assert!(m.v1_files().is_empty());
+
+    // A read-only open still works.
+    let open = fs.open(file, false).await.unwrap();
+    assert_eq!(fs.read(open.fh, 0, 100).unwrap(), b"content");
+}
+
+// 8 ───────────────────────────────────────────────────────────────────────────────────────
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_changed_blob_gets_a_new_inode_after_the_ttl_and_old_handles_keep_old_bytes() {
+    let ttl = Duration::from_millis(50);
+    let store = Arc::new(MemoryStore::new());
+    let old = pattern(200_000, 31);
+    let new = pattern(150_001, 32);
+    let old_meta = put(store.as_ref(), "f", &old, true).await;
+    put(store.as_ref(), "same", b"unchanged", true).await;
+    let m = Mount::with(
+        store.clone(),
+        "adls://acct/box",
+        false,
+        FsConfig {
+            metadata_ttl: ttl,
+            ..config()
+        },
+    );
+    let fs = &m.fs;
+
+    let first = fs.lookup(ROOT_INO, "f").await.unwrap();
+    let same = fs.lookup(ROOT_INO, "same").await.unwrap();
+    let old_open = fs.open(first.ino, false).await.unwrap();
+    let dir_fh = fs.opendir(ROOT_INO).unwrap();
+    let snapshot = fs.readdir(ROOT_INO, dir_fh, 0).await.unwrap();
+
+    let new_meta = put(store.as_ref(), "f", &new, true).await;
+    assert_ne!(new_meta.etag, old_meta.etag);
+    put(store.as_ref(), "added", b"+", true).await;
+
+    // Within the TTL the cached listing answers.
+    let cached = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert_eq!((cached.ino, cached.size), (first.ino, old.len() as u64));
+
+    tokio::time::sleep(ttl * 3).await;
+    let second = fs.lookup(ROOT_INO, "f").await.unwrap();
+    assert_ne!(second.ino, first.ino, "a new version is a new inode");
+    assert_eq!(second.size, new.len() as u64);
+    assert_eq!(second.mtime, new_meta.last_modified);
+    assert_eq!(
+        fs.lookup(ROOT_INO, "same").await.unwrap().ino,
+        same.ino,
+        "an unchanged blob keeps its inode across refreshes"
+    );
+    assert_eq!(fs.lookup(ROOT_INO, "added").await.unwrap().size, 1);
+
+    // The old handle reads the old version; the old inode still answers.
+    assert!(read_all(fs, old_open.fh) == old);
+    assert_eq!(fs.getattr(first.ino).unwrap().size, old.len() as u64);
+    assert_eq!(
+        fs.getxattr(first.ino, "user.adls.etag").await.unwrap(),
+        old_meta.etag.as_bytes()
+    );
+    assert_eq!(
+        fs.getxattr(second.ino, "user.adls.etag").await.unwrap(),
+        new_meta.etag.as_bytes()
+    );
+
+    // The new inode opens the new version, while the old handle is still readable.
+    let new_open = fs.open(second.ino, false).await.unwrap();
+    assert!(read_all(fs, new_open.fh) == new);
+    assert!(read_all(fs, old_open.fh) == old);
+    assert_eq!(m.v1_files().len(), 2, "each version is its own cache entry");
+
+    // A directory handle keeps reading the snapshot it took at offset 0.
+    let later = fs.readdir(ROOT_INO, dir_fh, 2).await.unwrap();
+    assert!(Arc::ptr_eq(&later, &snapshot));
+    fs.releasedir(dir_fh);
+    assert_eq!(names(fs, ROOT_INO).await, ["added", "f", "same"]);
+
+    // Once the handle is released and the kernel forgets it, the old inode goes away.
+    fs.release(old_open.fh);
+    fs.forget(first.ino, 2);
+    assert_eq!(errno(fs.getattr(first.ino)), libc::ENOENT);
+    assert_eq!(fs.getattr(second.ino).unwrap().size, new.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replaced_versions_nobody_refers_to_do_not_accumulate() {
+    // `ls` (readdir without lookups) of a directory whose blob keeps changing: the old
+    // versions' inodes are referenced by nothing (no lookup count, no open handle, not in
+    // the current listing) and must not pile up for the life of the mount.
+    let ttl = Duration::from_millis(20);
+    let store = Arc::new(MemoryStore::new());
+    put(store.as_ref(), "churn", b"v0", true).await;
+    let m = Mount::with(
+        store.clone(),
+        "adls://acct/box",
+        false,
+        FsConfig {
+            metadata_ttl: ttl,
+            ..config()
+        },
+    );
+    names(&m.fs, ROOT_INO).await;
+    let baseline = m.fs.inode_count();
+    for i in 1..=10 {
+        put(store.as_ref(), "churn", format!("v{i}").as_bytes(), true).await;
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(names(&m.fs, ROOT_INO).await, ["churn"]);
+    }
+    assert_eq!(
+        m.fs.inode_count(),
+        baseline,
+        "unreferenced inodes of replaced blob versions are kept forever"
+    );
+}
