@@ -36,7 +36,12 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .with_context(|| format!("checking access to {}", args.location))?;
     let opts = &args.mount;
     let cache = Arc::new(
-        Cache::open(&opts.cache_dir, opts.require_digest).context("opening the cache directory")?,
+        Cache::open_bounded(
+            &opts.cache.cache_dir,
+            opts.require_digest,
+            opts.cache.bounds(),
+        )
+        .context("opening the cache directory")?,
     );
     let fetcher = build_fetcher(opts, Arc::clone(&store), azure);
     // SAFETY: getters without preconditions.
@@ -132,7 +137,7 @@ fn build_fetcher(
                 Some(Arc::new(AzcopyFetcher::new(
                     AzcopyConfig {
                         binary,
-                        cache_root: opts.cache_dir.clone(),
+                        cache_root: opts.cache.cache_dir.clone(),
                         env,
                         stall_timeout: opts.azcopy_stall_timeout,
                     },

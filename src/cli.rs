@@ -1,5 +1,6 @@
 //! Command-line arguments (clap). Turns arguments into config structs; nothing else.
 
+use crate::cache::{Bounds, MinFree};
 use crate::config::{default_cache_dir, parse_duration, parse_mode, parse_size, StorageConfig};
 use crate::fetch::select::FetcherMode;
 use crate::location::Location;
@@ -39,6 +40,44 @@ pub enum Command {
     Stat(StatArgs),
     /// Upload local files, recording their xxh3_128 digest in blob metadata
     Upload(UploadArgs),
+    /// Inspect or maintain the node cache
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Size, entry count, oldest and newest use
+    Stats(CacheArgs),
+    /// Entries with their blob URI, size and last use, most recent first
+    Ls(CacheArgs),
+    /// Evict least-recently-used entries now, down to --cache-size / --cache-min-free
+    Gc(CacheArgs),
+    /// Re-hash every entry and remove those that no longer match their digest
+    Verify(CacheArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Cache")]
+pub struct CacheArgs {
+    /// Node-local cache directory shared by all mounts on the machine
+    #[arg(long, env = "ADLSFS_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    pub cache_dir: PathBuf,
+    /// Largest total size of cached files (K/M/G/T suffixes); unlimited when unset
+    #[arg(long, env = "ADLSFS_CACHE_SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
+    /// Free space to keep on the cache's filesystem: bytes (K/M/G/T) or a percentage
+    #[arg(long, env = "ADLSFS_CACHE_MIN_FREE", default_value = "5%", value_parser = MinFree::parse)]
+    pub cache_min_free: MinFree,
+}
+
+impl CacheArgs {
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            max_bytes: self.cache_size,
+            min_free: self.cache_min_free,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -122,9 +161,8 @@ pub struct MountArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Mount")]
 pub struct MountOptions {
-    /// Node-local cache directory shared by all mounts on the machine
-    #[arg(long, env = "ADLSFS_CACHE_DIR", default_value_os_t = default_cache_dir())]
-    pub cache_dir: PathBuf,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// How long listings and attributes are trusted before asking the service again
     #[arg(long, env = "ADLSFS_METADATA_TTL", default_value = "60s", value_parser = parse_duration)]
     pub metadata_ttl: Duration,

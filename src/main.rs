@@ -1,7 +1,8 @@
 //! The `adlsfs` binary: parse arguments, run the command, report errors with context.
 
-use adlsfs::cli::{Cli, Command};
-use adlsfs::commands::{ls, upload};
+use adlsfs::cache::layout::Layout;
+use adlsfs::cli::{CacheCommand, Cli, Command};
+use adlsfs::commands::{cache, ls, upload};
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::process::ExitCode;
@@ -38,6 +39,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Mount(args) => adlsfs::app::run_mount(args),
+        Command::Cache(command) => run_cache(command),
         Command::Ls(args) => runtime()?.block_on(async {
             let store = args.storage.to_config().connect(&args.location)?;
             let entries = ls::list(&store, &args.location.dir_prefix(), args.recursive)
@@ -90,4 +92,69 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }),
     }
+}
+
+fn format_time(t: std::time::SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn run_cache(command: CacheCommand) -> Result<()> {
+    let (CacheCommand::Stats(args)
+    | CacheCommand::Ls(args)
+    | CacheCommand::Gc(args)
+    | CacheCommand::Verify(args)) = &command;
+    let layout = Layout::new(&args.cache_dir);
+    if !layout.entries_dir().is_dir() {
+        anyhow::bail!(
+            "{} is not an adlsfs cache directory (no v1/ inside)",
+            args.cache_dir.display()
+        );
+    }
+    match &command {
+        CacheCommand::Stats(_) => {
+            let s = cache::stats(&layout);
+            println!("cache: {}", args.cache_dir.display());
+            println!("entries: {}", s.entries);
+            println!("bytes: {}", s.bytes);
+            println!(
+                "oldest use: {}",
+                s.oldest_use.map(format_time).unwrap_or("-".into())
+            );
+            println!(
+                "newest use: {}",
+                s.newest_use.map(format_time).unwrap_or("-".into())
+            );
+        }
+        CacheCommand::Ls(_) => {
+            for e in cache::list(&layout) {
+                println!("{:>14}  {}  {}", e.len, format_time(e.last_use), e.uri);
+            }
+        }
+        CacheCommand::Gc(args) => {
+            let evicted = cache::gc(&layout, &args.bounds()).context("evicting")?;
+            println!(
+                "evicted {} entries ({} bytes); {} in use kept",
+                evicted.files, evicted.bytes, evicted.skipped_in_use
+            );
+        }
+        CacheCommand::Verify(_) => {
+            let report = cache::verify(&layout).context("verifying")?;
+            for removed in &report.removed {
+                println!("removed corrupt entry: {removed}");
+            }
+            println!(
+                "verified {} entries: {} corrupt and removed, {} without a recorded digest",
+                report.checked,
+                report.removed.len(),
+                report.unverifiable
+            );
+            if !report.removed.is_empty() {
+                anyhow::bail!(
+                    "{} corrupt cache entries were found and removed",
+                    report.removed.len()
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,29 +1,34 @@
-//! The node-local cache: complete, verified copies of blob versions.
+//! The node-local cache: complete, verified copies of blob versions, shared by every mount
+//! and process on the node.
 //!
-//! A file appears under its final name only after it was downloaded in full, verified,
-//! fsync'ed and renamed from `tmp/` (same filesystem, so the rename is atomic). Concurrent
-//! requests for one entry are collapsed: an in-process mutex per entry, then a file lock per
-//! entry (`locks/`) so processes sharing the cache directory download each entry once.
-//! After taking each lock the final path is checked again: whoever waited finds the file.
+//! - A file appears under its final name only after it was downloaded in full, verified,
+//!   fsync'ed and renamed from `tmp/` (same filesystem, so the rename is atomic).
+//! - Concurrent requests for one entry are collapsed: an in-process mutex per entry, then
+//!   a file lock per entry (`locks/`), so processes sharing the directory download each
+//!   entry once. After each lock the final path is checked again: whoever waited finds the
+//!   file. Whoever takes an entry's lock also discards temporaries a dead holder left.
+//! - The size is bounded ([`evict`]): room is made before each download, and a download
+//!   that still finds the disk full evicts once and tries once more.
+//! - Readers hold a shared lock on the cache file while it is open, so eviction skips it.
 
+pub mod entry;
+pub mod evict;
 pub mod layout;
 
 use crate::digest::Xxh3Digest;
 use crate::fetch::verify::{verify_file, Verified};
 use crate::fetch::{FetchError, Fetcher};
 use crate::storage::BlobMeta;
+pub use evict::{Bounds, MinFree};
 use fs2::FileExt;
 use layout::{EntryKey, Layout};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-/// Extended attribute on a cache file recording the xxh3_128 of its content, so a later
-/// process can answer digests without re-hashing.
-const DIGEST_XATTR: &str = "user.adlsfs.xxh3_128";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -32,13 +37,28 @@ pub enum CacheError {
         path: String,
         source: std::io::Error,
     },
+    #[error("no room in the cache for {blob:?}: {needed} bytes needed, {detail}")]
+    NoSpace {
+        blob: String,
+        needed: u64,
+        detail: String,
+    },
     #[error(transparent)]
     Fetch(#[from] FetchError),
 }
 
 impl CacheError {
     pub fn is_no_space(&self) -> bool {
-        matches!(self, CacheError::Fetch(e) if e.is_no_space())
+        match self {
+            CacheError::NoSpace { .. } => true,
+            CacheError::Fetch(e) => e.is_no_space(),
+            CacheError::Setup { source, .. } => {
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                )
+            }
+        }
     }
 }
 
@@ -56,12 +76,26 @@ pub struct CachedFile {
 pub struct Cache {
     layout: Layout,
     require_digest: bool,
+    bounds: Bounds,
     in_flight: Mutex<HashMap<EntryKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Bytes of complete entries as last counted, plus what this process added since.
+    used: AtomicU64,
+    /// Bytes of downloads in progress in this process.
+    reserved: AtomicU64,
 }
 
 impl Cache {
-    /// Opens (creating) the cache directory and removes temporaries left by dead processes.
+    /// Opens (creating) the cache directory with the default bounds and removes
+    /// temporaries left by dead processes.
     pub fn open(root: &Path, require_digest: bool) -> Result<Self, CacheError> {
+        Self::open_bounded(root, require_digest, Bounds::default())
+    }
+
+    pub fn open_bounded(
+        root: &Path,
+        require_digest: bool,
+        bounds: Bounds,
+    ) -> Result<Self, CacheError> {
         let layout = Layout::new(root);
         for dir in [
             layout.root().to_path_buf(),
@@ -71,17 +105,59 @@ impl Cache {
         ] {
             create_private_dir(&dir)?;
         }
+        let started = Instant::now();
+        let entries = evict::scan(&layout);
+        let used = entries.iter().map(|e| e.bytes).sum();
+        tracing::info!(
+            path = %root.display(),
+            entries = entries.len(),
+            bytes = used,
+            seconds = started.elapsed().as_secs_f64(),
+            "cache indexed"
+        );
         let cache = Self {
             layout,
             require_digest,
+            bounds,
             in_flight: Mutex::new(HashMap::new()),
+            used: AtomicU64::new(used),
+            reserved: AtomicU64::new(0),
         };
-        cache.remove_stale_temporaries();
+        cache.remove_stale_temporaries(None);
         Ok(cache)
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Opens the verified cache file for `key` for reading, downloading it first when
+    /// absent. The returned file holds a shared lock that keeps eviction away from it.
+    pub async fn open_entry(
+        &self,
+        key: &EntryKey,
+        meta: &BlobMeta,
+        fetcher: &dyn Fetcher,
+    ) -> Result<(File, CachedFile), CacheError> {
+        // An entry evicted between being found and being opened is fetched again, once.
+        for attempt in 0..2 {
+            let cached = self.get_or_fetch(key, meta, fetcher).await?;
+            let path = cached.path.clone();
+            let opened = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
+                let file = File::open(&path)?;
+                file.lock_shared()?;
+                entry::touch(&file, file.metadata()?.modified()?);
+                Ok(file)
+            })
+            .await
+            .expect("open task panicked");
+            match opened {
+                Ok(file) => return Ok((file, cached)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt == 0 => continue,
+                Err(e) => return Err(CacheError::Fetch(FetchError::io(&cached.path, e))),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
     }
 
     /// The verified cache file for `key`, downloading it with `fetcher` when absent.
@@ -111,6 +187,8 @@ impl Cache {
             if let Some(hit) = lookup(&path, meta.size) {
                 return Ok(hit);
             }
+            // Holding the entry lock: any temporary for this entry belongs to a dead process.
+            self.remove_stale_temporaries(Some(key));
             let result = self.download(key, meta, fetcher, &path).await;
             drop(lock);
             result
@@ -123,7 +201,98 @@ impl Cache {
         result
     }
 
+    /// Makes room for `size` more bytes within the bounds, evicting if needed.
+    async fn make_room(&self, blob: &str, size: u64) -> Result<(), CacheError> {
+        let no_space = |detail: String| CacheError::NoSpace {
+            blob: blob.to_string(),
+            needed: size,
+            detail,
+        };
+        if let Some(max) = self.bounds.max_bytes {
+            if size > max {
+                return Err(no_space(format!(
+                    "larger than the whole cache (--cache-size {max})"
+                )));
+            }
+        }
+        let incoming = self.reserved.load(Ordering::SeqCst) + size;
+        let (fs_size, available) =
+            evict::filesystem_space(self.layout.root()).map_err(|source| CacheError::Setup {
+                path: self.layout.root().display().to_string(),
+                source,
+            })?;
+        let min_free = match self.bounds.min_free {
+            MinFree::Bytes(b) => b,
+            MinFree::Percent(p) => (fs_size as f64 * p / 100.0) as u64,
+        };
+        if size.saturating_add(min_free) > fs_size {
+            return Err(no_space(format!(
+                "larger than the cache filesystem ({fs_size} bytes, keeping {min_free} free)"
+            )));
+        }
+        let over_size = self
+            .bounds
+            .max_bytes
+            .is_some_and(|max| self.used.load(Ordering::SeqCst) + incoming > max);
+        if !over_size && available >= min_free + incoming {
+            return Ok(());
+        }
+        self.evict_now(incoming).await?;
+        Ok(())
+    }
+
+    /// Runs one eviction pass for `incoming` bytes and recounts the usage.
+    async fn evict_now(&self, incoming: u64) -> Result<evict::Evicted, CacheError> {
+        let (layout, bounds) = (self.layout.clone(), self.bounds);
+        let evicted = tokio::task::spawn_blocking(move || evict::evict(&layout, &bounds, incoming))
+            .await
+            .expect("evict task panicked")
+            .map_err(|source| CacheError::Setup {
+                path: self.layout.root().display().to_string(),
+                source,
+            })?;
+        let layout = self.layout.clone();
+        let used = tokio::task::spawn_blocking(move || evict::usage(&layout))
+            .await
+            .expect("usage task panicked");
+        self.used.store(used, Ordering::SeqCst);
+        if evicted.files > 0 {
+            tracing::info!(
+                files = evicted.files,
+                bytes = evicted.bytes,
+                in_use = evicted.skipped_in_use,
+                "evicted"
+            );
+        }
+        Ok(evicted)
+    }
+
     async fn download(
+        &self,
+        key: &EntryKey,
+        meta: &BlobMeta,
+        fetcher: &dyn Fetcher,
+        final_path: &Path,
+    ) -> Result<CachedFile, CacheError> {
+        self.make_room(&meta.name, meta.size).await?;
+        self.reserved.fetch_add(meta.size, Ordering::SeqCst);
+        let mut result = self.download_once(key, meta, fetcher, final_path).await;
+        if matches!(&result, Err(e) if e.is_no_space()) {
+            // The disk filled up under us (other processes, other files): evict, try once more.
+            tracing::warn!(blob = %meta.name, needed = meta.size, "cache disk full during download; evicting and retrying once");
+            let incoming = self.reserved.load(Ordering::SeqCst);
+            if self.evict_now(incoming).await.is_ok() {
+                result = self.download_once(key, meta, fetcher, final_path).await;
+            }
+        }
+        self.reserved.fetch_sub(meta.size, Ordering::SeqCst);
+        if result.is_ok() {
+            self.used.fetch_add(meta.size, Ordering::SeqCst);
+        }
+        result
+    }
+
+    async fn download_once(
         &self,
         key: &EntryKey,
         meta: &BlobMeta,
@@ -142,7 +311,15 @@ impl Cache {
             })
             .await
             .expect("verify task panicked")?;
-            publish(&tmp, final_path, &verified)?;
+            let attrs = entry::EntryAttrs {
+                uri: Some(format!(
+                    "adls://{}/{}/{}",
+                    key.account, key.container, key.blob
+                )),
+                etag: Some(key.etag.clone()),
+                xxh3: Some(verified.xxh3),
+            };
+            publish(&tmp, final_path, &attrs)?;
             Ok((verified, report))
         }
         .await;
@@ -169,18 +346,12 @@ impl Cache {
         }
     }
 
-    /// A new empty temporary named after the entry's lock, so start-up clean-up can tell
-    /// whether a live process still owns it.
+    /// A new empty temporary named after the entry's lock, so clean-up can tell whether a
+    /// live process still owns it.
     fn new_temporary(&self, key: &EntryKey) -> Result<PathBuf, CacheError> {
-        let lock_name = self
-            .layout
-            .entry_lock_path(key)
-            .file_stem()
-            .expect("lock file name")
-            .to_string_lossy()
-            .into_owned();
         let path = self.layout.tmp_dir().join(format!(
-            "{lock_name}.{}.{:08x}",
+            "{}.{}.{:08x}",
+            lock_id(&self.layout, key),
             std::process::id(),
             fastrand::u32(..)
         ));
@@ -193,20 +364,27 @@ impl Cache {
         Ok(path)
     }
 
-    /// Removes temporaries whose entry lock nobody holds (their writer died).
-    fn remove_stale_temporaries(&self) {
+    /// Removes temporaries whose writer died: for one entry whose lock the caller holds,
+    /// or (at start) all whose entry lock nobody holds.
+    fn remove_stale_temporaries(&self, held: Option<&EntryKey>) {
         let Ok(entries) = fs::read_dir(self.layout.tmp_dir()) else {
             return;
         };
+        let held_id = held.map(|k| lock_id(&self.layout, k));
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let lock_id = name.split('.').next().unwrap_or_default();
-            let lock_path = self.layout.locks_dir().join(format!("{lock_id}.lock"));
-            let free = match File::open(&lock_path) {
-                Ok(f) => f.try_lock_exclusive().is_ok(),
-                Err(_) => true,
+            let id = name.split('.').next().unwrap_or_default();
+            let stale = match &held_id {
+                Some(held) => held == id,
+                None => {
+                    let lock_path = self.layout.locks_dir().join(format!("{id}.lock"));
+                    match File::open(&lock_path) {
+                        Ok(f) => f.try_lock_exclusive().is_ok(),
+                        Err(_) => true,
+                    }
+                }
             };
-            if free {
+            if stale {
                 match fs::remove_file(entry.path()) {
                     Ok(()) => {
                         tracing::info!(path = %entry.path().display(), "removed stale temporary")
@@ -220,6 +398,15 @@ impl Cache {
     }
 }
 
+fn lock_id(layout: &Layout, key: &EntryKey) -> String {
+    layout
+        .entry_lock_path(key)
+        .file_stem()
+        .expect("lock file name")
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// A complete entry at `path`, if there is one of the expected size.
 fn lookup(path: &Path, size: u64) -> Option<CachedFile> {
     let meta = fs::metadata(path).ok()?;
@@ -228,7 +415,7 @@ fn lookup(path: &Path, size: u64) -> Option<CachedFile> {
     }
     Some(CachedFile {
         path: path.to_path_buf(),
-        xxh3: read_digest_xattr(path),
+        xxh3: entry::read_digest(path),
         fetched: false,
     })
 }
@@ -255,12 +442,12 @@ fn sync_file(path: &Path) -> Result<(), FetchError> {
         .map_err(|e| FetchError::io(path, e))
 }
 
-/// Makes a verified temporary visible: record its digest, fix its mode, rename it into
+/// Makes a verified temporary visible: record what it is, fix its mode, rename it into
 /// place and fsync the directory so the rename survives a crash.
-fn publish(tmp: &Path, final_path: &Path, verified: &Verified) -> Result<(), FetchError> {
+fn publish(tmp: &Path, final_path: &Path, attrs: &entry::EntryAttrs) -> Result<(), FetchError> {
     let parent = final_path.parent().expect("entry path has a parent");
     fs::create_dir_all(parent).map_err(|e| FetchError::io(parent, e))?;
-    write_digest_xattr(tmp, &verified.xxh3);
+    entry::write_attrs(tmp, attrs);
     fs::set_permissions(tmp, fs::Permissions::from_mode(0o644))
         .map_err(|e| FetchError::io(tmp, e))?;
     fs::rename(tmp, final_path).map_err(|e| FetchError::io(final_path, e))?;
@@ -270,78 +457,15 @@ fn publish(tmp: &Path, final_path: &Path, verified: &Verified) -> Result<(), Fet
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), CacheError> {
-    fs::create_dir_all(dir).map_err(|source| CacheError::Setup {
+    let setup = |source| CacheError::Setup {
         path: dir.display().to_string(),
         source,
-    })?;
+    };
+    fs::create_dir_all(dir).map_err(setup)?;
     // Readable by every local user, writable only by the owner.
-    let mode = fs::metadata(dir)
-        .map(|m| m.permissions().mode() & 0o777)
-        .unwrap_or(0);
+    let mode = fs::metadata(dir).map_err(setup)?.permissions().mode() & 0o777;
     if mode & 0o022 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o022)).map_err(|source| {
-            CacheError::Setup {
-                path: dir.display().to_string(),
-                source,
-            }
-        })?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o022)).map_err(setup)?;
     }
     Ok(())
-}
-
-/// Best effort: filesystems without user xattrs just re-hash on demand.
-fn write_digest_xattr(path: &Path, digest: &Xxh3Digest) {
-    if let Err(e) = xattr_set(path, DIGEST_XATTR, digest.as_bytes()) {
-        tracing::debug!(path = %path.display(), error = %e, "cache filesystem refused the digest xattr");
-    }
-}
-
-fn read_digest_xattr(path: &Path) -> Option<Xxh3Digest> {
-    let value = xattr_get(path, DIGEST_XATTR).ok()?;
-    Xxh3Digest::from_slice(&value).ok()
-}
-
-fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
-}
-
-fn xattr_set(path: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
-    let path = c_path(path)?;
-    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: valid NUL-terminated strings and a live buffer of the given length.
-    let rc = unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-fn xattr_get(path: &Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let path = c_path(path)?;
-    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-    let mut buf = vec![0u8; 64];
-    // SAFETY: valid NUL-terminated strings and a live buffer of the given length.
-    let n = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
 }

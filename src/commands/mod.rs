@@ -1,5 +1,6 @@
-//! The one-shot subcommands (`ls`, `stat`, `upload`): library functions that return data,
+//! The one-shot subcommands (`ls`, `stat`, `upload`, `cache`): library functions that return data,
 //! printed by `main`.
 
+pub mod cache;
 pub mod ls;
 pub mod upload;

@@ -61,8 +61,7 @@ impl Fetcher for NativeFetcher {
             }
             return Ok(REPORT);
         }
-        // Reserve the space up front: a full disk fails now, not after minutes of download.
-        fs2::FileExt::allocate(&file, meta.size).map_err(|e| FetchError::io(dest, e))?;
+        reserve_space(&file, meta.size).map_err(|e| FetchError::io(dest, e))?;
         let file = Arc::new(file);
         let chunk = self.config.chunk_size.max(1);
         let ranges =
@@ -93,5 +92,22 @@ impl Fetcher for NativeFetcher {
             .try_collect::<()>()
             .await?;
         Ok(REPORT)
+    }
+}
+
+/// Allocates the file's blocks up front, so a full disk fails now rather than after
+/// minutes of download. (fs2's `allocate` loses posix_fallocate's error code.)
+fn reserve_space(file: &File, size: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open file descriptor; mode 0 only allocates.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Filesystems without fallocate: just size the file; a full disk shows on write.
+        Some(libc::EOPNOTSUPP) => file.set_len(size),
+        _ => Err(err),
     }
 }

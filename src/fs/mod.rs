@@ -7,7 +7,7 @@ pub mod inode;
 pub mod names;
 
 use crate::cache::layout::EntryKey;
-use crate::cache::{Cache, CachedFile};
+use crate::cache::{Cache, CacheError, CachedFile};
 use crate::digest::{xxh3_128_file, Xxh3Digest};
 use crate::fetch::Fetcher;
 use crate::location::Location;
@@ -279,25 +279,30 @@ impl AdlsFs {
         }
     }
 
-    /// The verified cache file of a file inode, downloading it on first use.
-    async fn materialise(&self, node: &FileNode) -> Result<CachedFile> {
-        let key = EntryKey {
+    fn entry_key(&self, node: &FileNode) -> EntryKey {
+        EntryKey {
             account: self.location.account.clone(),
             container: self.location.container.clone(),
             blob: node.meta.name.clone(),
             etag: node.meta.etag.clone(),
-        };
+        }
+    }
+
+    fn log_failure(&self, node: &FileNode, e: &CacheError) {
+        tracing::error!(
+            blob = %self.location.blob_uri(&node.meta.name),
+            error = %e,
+            "could not materialise; the open fails and nothing was cached"
+        );
+    }
+
+    /// The verified cache file of a file inode, downloading it on first use.
+    async fn materialise(&self, node: &FileNode) -> Result<CachedFile> {
         let cached = self
             .cache
-            .get_or_fetch(&key, &node.meta, self.fetcher.as_ref())
+            .get_or_fetch(&self.entry_key(node), &node.meta, self.fetcher.as_ref())
             .await
-            .inspect_err(|e| {
-                tracing::error!(
-                    blob = %self.location.blob_uri(&node.meta.name),
-                    error = %e,
-                    "could not materialise; the open fails and nothing was cached"
-                );
-            })?;
+            .inspect_err(|e| self.log_failure(node, e))?;
         if let Some(d) = cached.xxh3 {
             let _ = node.digest.set(d);
         }
@@ -310,8 +315,15 @@ impl AdlsFs {
             return Err(FsError::ReadOnly);
         }
         let node = self.file_node(ino)?;
-        let cached = self.materialise(&node).await?;
-        let file = Arc::new(File::open(&cached.path)?);
+        let (file, cached) = self
+            .cache
+            .open_entry(&self.entry_key(&node), &node.meta, self.fetcher.as_ref())
+            .await
+            .inspect_err(|e| self.log_failure(&node, e))?;
+        if let Some(d) = cached.xxh3 {
+            let _ = node.digest.set(d);
+        }
+        let file = Arc::new(file);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let open = OpenFile { fh, ino, file };
         self.handles

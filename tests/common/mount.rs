@@ -88,8 +88,21 @@ impl Mount {
 
     /// Sends SIGTERM and waits for the daemon to unmount and exit.
     pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// SIGKILLs the daemon, as a node fault would; the mountpoint is left dead until drop.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("mount stopped").id()
+    }
+
+    fn signal(&mut self, signal: i32) -> ExitStatus {
         let mut child = self.child.take().expect("mount already stopped");
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
