@@ -10,7 +10,7 @@ use adlsfs::fetch::azcopy::{AzcopyConfig, AzcopyError, AzcopyFetcher};
 use adlsfs::fetch::native::{NativeConfig, NativeFetcher};
 use adlsfs::fetch::select::{FetcherMode, SelectingFetcher};
 use adlsfs::fetch::sizing::AzcopyEnv;
-use adlsfs::fetch::Fetcher;
+use adlsfs::fetch::{Fetcher, NoProgress, ProgressSink};
 use adlsfs::storage::azure::AzureStore;
 use adlsfs::storage::{BlobMeta, BlobStore, Metadata};
 use bytes::Bytes;
@@ -153,7 +153,10 @@ async fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_
     );
     std::fs::write(&dest, b"").unwrap();
     let start = Instant::now();
-    assert_eq!(auto.fetch(&meta, &dest).await.unwrap().fetcher, "native");
+    assert_eq!(
+        auto.fetch(&meta, &dest, &NoProgress).await.unwrap().fetcher,
+        "native"
+    );
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "auto must not queue behind azcopy"
@@ -167,7 +170,7 @@ async fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_
     ));
     std::fs::write(&dest, b"").unwrap();
     let (m, d, f) = (meta.clone(), dest.clone(), forced.clone());
-    let waiting = tokio::spawn(async move { f.fetch(&m, &d).await });
+    let waiting = tokio::spawn(async move { f.fetch(&m, &d, &NoProgress).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         !waiting.is_finished(),
@@ -196,7 +199,7 @@ async fn a_failing_or_missing_azcopy_falls_back_to_native() {
         let cache = Cache::open(cache_dir.path(), true).unwrap();
         let azcopy = fetcher(&store, binary, cache_dir.path(), Duration::from_secs(60));
         let direct = azcopy
-            .fetch_locked(&meta, &cache_dir.path().join("x"), true)
+            .fetch_locked(&meta, &cache_dir.path().join("x"), true, &NoProgress)
             .await
             .unwrap_err();
         assert!(
@@ -232,7 +235,7 @@ async fn a_hung_azcopy_is_killed_after_the_stall_timeout() {
     let azcopy = fetcher(&store, hung, cache_dir.path(), Duration::from_secs(1));
     let start = Instant::now();
     let err = azcopy
-        .fetch_locked(&meta, &cache_dir.path().join("x"), true)
+        .fetch_locked(&meta, &cache_dir.path().join("x"), true, &NoProgress)
         .await
         .unwrap_err();
     assert!(matches!(err, AzcopyError::Stalled(_)), "{err}");
@@ -274,7 +277,10 @@ async fn invocation_environment_and_stdin_follow_the_design() {
     let cache_dir = tempfile::tempdir().unwrap();
     let azcopy = fetcher(&store, fake, cache_dir.path(), Duration::from_secs(30));
     let dest = cache_dir.path().join("tmp-dest");
-    azcopy.fetch_locked(&meta, &dest, true).await.unwrap_err();
+    azcopy
+        .fetch_locked(&meta, &dest, true, &NoProgress)
+        .await
+        .unwrap_err();
     let seen = std::fs::read_to_string(&record).unwrap();
     let lines: Vec<&str> = seen.lines().collect();
     assert_eq!(lines[0], "copy");
@@ -360,4 +366,116 @@ fn mount_sizes_azcopy_from_the_cgroup_and_honours_the_users_setting() {
         log.contains("concurrency=5 concurrency_from=\"AZCOPY_CONCURRENCY\""),
         "{log}"
     );
+}
+
+/// Records progress reports and checks they only grow and end at the total.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(u64, u64)>>);
+
+impl ProgressSink for Recorder {
+    fn progress(&self, _blob: &str, done: u64, total: u64) {
+        self.0.lock().unwrap().push((done, total));
+    }
+}
+
+impl Recorder {
+    fn assert_complete(&self, size: u64) {
+        let seen = self.0.lock().unwrap();
+        assert!(!seen.is_empty(), "no progress reported");
+        assert!(
+            seen.windows(2).all(|w| w[0].0 <= w[1].0),
+            "progress went backwards: {seen:?}"
+        );
+        assert_eq!(*seen.last().unwrap(), (size, size), "{seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_progress_reaches_the_total() {
+    let azurite = Azurite::start();
+    let (_, store) = azurite.new_container().await;
+    let store = Arc::new(store);
+    let meta = put(&store, "p.bin", pattern(5 << 20, 9)).await;
+    let native = NativeFetcher::new(
+        store.clone(),
+        NativeConfig {
+            chunk_size: 1 << 20,
+            parallelism: 3,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("p");
+    std::fs::write(&dest, b"").unwrap();
+    let recorder = Recorder::default();
+    native.fetch(&meta, &dest, &recorder).await.unwrap();
+    assert_eq!(recorder.0.lock().unwrap().len(), 5, "one report per chunk");
+    recorder.assert_complete(meta.size);
+}
+
+/// (start, end) of each azcopy job in a mount's log, as RFC 3339 strings that sort in time.
+fn job_intervals(log: &str) -> Vec<(String, String)> {
+    let stamp = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
+    let starts: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("azcopy job started"))
+        .map(stamp)
+        .collect();
+    let ends: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("azcopy job finished"))
+        .map(stamp)
+        .collect();
+    assert_eq!(starts.len(), ends.len(), "{log}");
+    starts.into_iter().zip(ends).collect()
+}
+
+#[test]
+fn a_64_mib_file_goes_through_exactly_one_azcopy_job_by_default() {
+    let azurite = Azurite::start();
+    let data = pattern(64 << 20, 31);
+    let container = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (c, s) = azurite.new_container().await;
+        put(&s, "model.bin", data.clone()).await;
+        c
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+    let got = std::fs::read(mount.path().join("model.bin")).unwrap();
+    assert_eq!(xxh3_128(&got), xxh3_128(&data));
+    let log = mount.log();
+    assert_eq!(job_intervals(&log).len(), 1, "{log}");
+    assert!(
+        log.contains("status=\"Completed\"") && log.contains("fetcher=\"azcopy\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn azcopy_jobs_from_two_processes_never_overlap() {
+    let azurite = Azurite::start();
+    let container = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (c, s) = azurite.new_container().await;
+        put(&s, "a.bin", pattern(48 << 20, 32)).await;
+        put(&s, "b.bin", pattern(48 << 20, 33)).await;
+        c
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let location = format!("adls://devstoreaccount1/{container}");
+    let args = ["--fetcher", "azcopy"];
+    let one = Mount::start(&azurite, &location, cache.path(), &args);
+    let two = Mount::start(&azurite, &location, cache.path(), &args);
+    let (pa, pb) = (one.path().join("a.bin"), two.path().join("b.bin"));
+    let a = std::thread::spawn(move || std::fs::read(pa).unwrap().len());
+    let b = std::thread::spawn(move || std::fs::read(pb).unwrap().len());
+    assert_eq!((a.join().unwrap(), b.join().unwrap()), (48 << 20, 48 << 20));
+    let mut jobs = job_intervals(&one.log());
+    jobs.extend(job_intervals(&two.log()));
+    assert_eq!(jobs.len(), 2, "one job per file");
+    jobs.sort();
+    assert!(jobs[0].1 <= jobs[1].0, "azcopy jobs overlapped: {jobs:?}");
 }

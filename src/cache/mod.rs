@@ -17,7 +17,7 @@ pub mod layout;
 
 use crate::digest::Xxh3Digest;
 use crate::fetch::verify::{verify_file, Verified};
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{FetchError, Fetcher, NoProgress, ProgressSink};
 use crate::storage::BlobMeta;
 pub use evict::{Bounds, MinFree};
 use fs2::FileExt;
@@ -82,6 +82,13 @@ pub struct Cache {
     used: AtomicU64,
     /// Bytes of downloads in progress in this process.
     reserved: AtomicU64,
+    progress: Arc<dyn ProgressSink>,
+}
+
+impl std::fmt::Debug for dyn ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
 }
 
 impl Cache {
@@ -122,9 +129,16 @@ impl Cache {
             in_flight: Mutex::new(HashMap::new()),
             used: AtomicU64::new(used),
             reserved: AtomicU64::new(0),
+            progress: Arc::new(NoProgress),
         };
         cache.remove_stale_temporaries(None);
         Ok(cache)
+    }
+
+    /// Reports every download's progress to `sink`.
+    pub fn with_progress(mut self, sink: Arc<dyn ProgressSink>) -> Self {
+        self.progress = sink;
+        self
     }
 
     pub fn layout(&self) -> &Layout {
@@ -302,7 +316,7 @@ impl Cache {
         let tmp = self.new_temporary(key)?;
         let started = Instant::now();
         let result = async {
-            let report = fetcher.fetch(meta, &tmp).await?;
+            let report = fetcher.fetch(meta, &tmp, self.progress.as_ref()).await?;
             let (tmp_owned, meta_owned, require) = (tmp.clone(), meta.clone(), self.require_digest);
             let verified = tokio::task::spawn_blocking(move || {
                 let verified = verify_file(&tmp_owned, &meta_owned, require)?;

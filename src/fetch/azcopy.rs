@@ -13,8 +13,8 @@
 //! - A machine-wide file lock keeps azcopy runs one at a time across all processes.
 
 use super::sizing::AzcopyEnv;
-use super::{FetchError, FetchReport, Fetcher};
-use crate::storage::{redact_sas, BlobMeta, ReadUrlSigner};
+use super::{FetchError, FetchReport, Fetcher, ProgressSink};
+use crate::storage::{redact_sas, BlobMeta, ReadAccess, ReadUrlSigner};
 use async_trait::async_trait;
 use fs2::FileExt;
 use serde::Deserialize;
@@ -147,20 +147,34 @@ impl AzcopyFetcher {
         meta: &BlobMeta,
         dest: &Path,
         wait: bool,
+        progress: &dyn ProgressSink,
     ) -> Result<(), AzcopyError> {
         let _lock = self.lock(wait).await?;
         for dir in [self.logs_dir(), self.plans_dir()] {
             std::fs::create_dir_all(&dir).map_err(|e| FetchError::io(&dir, e))?;
         }
         let deadline = DEADLINE_BASE + Duration::from_secs(meta.size / DEADLINE_MIN_RATE);
-        let url = self
+        let access = self
             .signer
-            .read_url(&meta.name, deadline + SAS_GRACE)
+            .read_access(&meta.name, deadline + SAS_GRACE)
             .await
             .map_err(FetchError::Storage)?;
         let mut job = Job::default();
-        let result = self.run(url.as_str(), dest, deadline, &mut job).await;
+        let started = Instant::now();
+        tracing::info!(blob = %meta.name, bytes = meta.size, "azcopy job started");
+        let result = self
+            .run(&access, meta, dest, deadline, &mut job, progress)
+            .await;
         self.clean_up(dest, &job, result.is_ok());
+        tracing::info!(
+            blob = %meta.name,
+            job = job.id.as_deref().unwrap_or("-"),
+            status = job.end_status.as_deref().unwrap_or("none"),
+            bytes = job.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            error = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default(),
+            "azcopy job finished"
+        );
         result?;
         let actual = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
         if actual != meta.size {
@@ -174,15 +188,24 @@ impl AzcopyFetcher {
 
     async fn run(
         &self,
-        url: &str,
+        access: &ReadAccess,
+        meta: &BlobMeta,
         dest: &Path,
         deadline: Duration,
         job: &mut Job,
+        progress: &dyn ProgressSink,
     ) -> Result<(), AzcopyError> {
         let mut command = tokio::process::Command::new(&self.config.binary);
+        let url = match access {
+            ReadAccess::Url(url) => url,
+            ReadAccess::AutoLogin { url, login_type } => {
+                command.env("AZCOPY_AUTO_LOGIN_TYPE", login_type);
+                url
+            }
+        };
         command
             .arg("copy")
-            .arg(url)
+            .arg(url.as_str())
             .arg(dest)
             .args([
                 "--from-to=BlobLocal",
@@ -218,6 +241,7 @@ impl AzcopyFetcher {
                     Ok(Some(line)) => {
                         if job.observe(&line) {
                             last_progress = Instant::now();
+                            progress.progress(&meta.name, job.bytes.min(meta.size), meta.size);
                         }
                     }
                     _ => break,
@@ -363,8 +387,13 @@ impl Job {
 
 #[async_trait]
 impl Fetcher for AzcopyFetcher {
-    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<FetchReport, FetchError> {
-        self.fetch_locked(meta, dest, true)
+    async fn fetch(
+        &self,
+        meta: &BlobMeta,
+        dest: &Path,
+        progress: &dyn ProgressSink,
+    ) -> Result<FetchReport, FetchError> {
+        self.fetch_locked(meta, dest, true, progress)
             .await
             .map(|()| FetchReport { fetcher: "azcopy" })
             .map_err(|e| match e {

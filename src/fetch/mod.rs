@@ -65,8 +65,29 @@ pub struct FetchReport {
     pub fetcher: &'static str,
 }
 
-/// Downloads one blob version, whole, into `dest` (an existing, empty file).
+/// Live progress of downloads, the one interface every fetcher reports to (a progress
+/// bar, periodic log lines, metrics).
+pub trait ProgressSink: Send + Sync {
+    /// `done` of `total` bytes of `blob` are local now; `done` only grows.
+    fn progress(&self, blob: &str, done: u64, total: u64);
+}
+
+/// Progress nobody watches.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn progress(&self, _blob: &str, _done: u64, _total: u64) {}
+}
+
+/// Downloads one blob version, whole, into `dest` (an existing, empty file), reporting
+/// progress as it goes.
 #[async_trait]
 pub trait Fetcher: Send + Sync + 'static {
-    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<FetchReport, FetchError>;
+    async fn fetch(
+        &self,
+        meta: &BlobMeta,
+        dest: &Path,
+        progress: &dyn ProgressSink,
+    ) -> Result<FetchReport, FetchError>;
 }

@@ -2,13 +2,14 @@
 //! written at their offsets into the destination. Memory in flight is bounded by
 //! `parallelism × chunk_size`, whatever the size of the file.
 
-use super::{FetchError, FetchReport, Fetcher};
+use super::{FetchError, FetchReport, Fetcher, ProgressSink};
 use crate::storage::{BlobMeta, BlobStore, StorageError};
 use async_trait::async_trait;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +42,12 @@ impl NativeFetcher {
 
 #[async_trait]
 impl Fetcher for NativeFetcher {
-    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<FetchReport, FetchError> {
+    async fn fetch(
+        &self,
+        meta: &BlobMeta,
+        dest: &Path,
+        progress: &dyn ProgressSink,
+    ) -> Result<FetchReport, FetchError> {
         const REPORT: FetchReport = FetchReport { fetcher: "native" };
         // Truncate: a fallback after a failed azcopy run may find a partial file here.
         let file = File::options()
@@ -59,10 +65,12 @@ impl Fetcher for NativeFetcher {
                     actual: data.len() as u64,
                 });
             }
+            progress.progress(&meta.name, 0, 0);
             return Ok(REPORT);
         }
         reserve_space(&file, meta.size).map_err(|e| FetchError::io(dest, e))?;
         let file = Arc::new(file);
+        let done = &AtomicU64::new(0);
         let chunk = self.config.chunk_size.max(1);
         let ranges =
             (0..meta.size.div_ceil(chunk)).map(|i| i * chunk..((i + 1) * chunk).min(meta.size));
@@ -82,10 +90,14 @@ impl Fetcher for NativeFetcher {
                             message: format!("range {range:?} returned {} bytes", data.len()),
                         }));
                     }
+                    let len = data.len() as u64;
                     tokio::task::spawn_blocking(move || file.write_all_at(&data, range.start))
                         .await
                         .expect("write task panicked")
-                        .map_err(|e| FetchError::io(dest, e))
+                        .map_err(|e| FetchError::io(dest, e))?;
+                    let now = done.fetch_add(len, Ordering::SeqCst) + len;
+                    progress.progress(&meta.name, now, meta.size);
+                    Ok(())
                 }
             })
             .buffer_unordered(self.config.parallelism.max(1))

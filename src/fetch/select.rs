@@ -9,7 +9,7 @@
 
 use super::azcopy::{AzcopyError, AzcopyFetcher};
 use super::native::NativeFetcher;
-use super::{FetchError, FetchReport, Fetcher};
+use super::{FetchError, FetchReport, Fetcher, ProgressSink};
 use crate::storage::BlobMeta;
 use async_trait::async_trait;
 use std::path::Path;
@@ -47,7 +47,12 @@ impl SelectingFetcher {
 
 #[async_trait]
 impl Fetcher for SelectingFetcher {
-    async fn fetch(&self, meta: &BlobMeta, dest: &Path) -> Result<FetchReport, FetchError> {
+    async fn fetch(
+        &self,
+        meta: &BlobMeta,
+        dest: &Path,
+        progress: &dyn ProgressSink,
+    ) -> Result<FetchReport, FetchError> {
         let wait = match self.mode {
             _ if meta.size < self.azcopy_min_size => None,
             FetcherMode::Native => None,
@@ -55,7 +60,7 @@ impl Fetcher for SelectingFetcher {
             FetcherMode::Auto => Some(false),
         };
         if let (Some(wait), Some(azcopy)) = (wait, &self.azcopy) {
-            match azcopy.fetch_locked(meta, dest, wait).await {
+            match azcopy.fetch_locked(meta, dest, wait, progress).await {
                 Ok(()) => return Ok(FetchReport { fetcher: "azcopy" }),
                 Err(AzcopyError::Busy) => {
                     tracing::debug!(blob = %meta.name, "azcopy busy with another file; fetching natively");
@@ -65,6 +70,6 @@ impl Fetcher for SelectingFetcher {
                 }
             }
         }
-        self.native.fetch(meta, dest).await
+        self.native.fetch(meta, dest, progress).await
     }
 }

@@ -109,10 +109,29 @@ impl StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// How an external tool (azcopy) may read one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadAccess {
+    /// A URL carrying its own authorisation (a SAS) or needing none.
+    Url(url::Url),
+    /// The plain URL; the tool logs in itself with `AZCOPY_AUTO_LOGIN_TYPE` (WORKLOAD,
+    /// MSI or AZCLI), because no SAS could be minted for the Entra ID credential.
+    AutoLogin {
+        url: url::Url,
+        login_type: &'static str,
+    },
+}
+
 /// Mints URLs that let an external tool (azcopy) read one blob for a while.
 #[async_trait]
 pub trait ReadUrlSigner: Send + Sync + 'static {
     async fn read_url(&self, name: &str, valid_for: Duration) -> Result<url::Url>;
+
+    /// [`ReadUrlSigner::read_url`], or where minting is impossible but the tool can log
+    /// in by itself, the plain URL and how to log in.
+    async fn read_access(&self, name: &str, valid_for: Duration) -> Result<ReadAccess> {
+        self.read_url(name, valid_for).await.map(ReadAccess::Url)
+    }
 }
 
 /// Replaces the signature of any SAS in `text` (`sig=...`) so it can be logged.

@@ -7,7 +7,8 @@ mod shared_key;
 
 use super::credentials::{Access, Credential};
 use super::{
-    BlobMeta, BlobStore, DirListing, Metadata, ReadUrlSigner, Result, RetryPolicy, StorageError,
+    BlobMeta, BlobStore, DirListing, Metadata, ReadAccess, ReadUrlSigner, Result, RetryPolicy,
+    StorageError,
 };
 use crate::location::Location;
 use async_trait::async_trait;
@@ -92,10 +93,13 @@ impl AzureConfig {
 pub struct AzureStore {
     store: MicrosoftAzure,
     rest: RestClient,
+    /// [`Credential::kind`] of the credential in use.
+    credential_kind: &'static str,
 }
 
 impl AzureStore {
     pub fn new(config: AzureConfig) -> Result<Self> {
+        let credential_kind = config.credential.kind();
         let endpoint_text = config.endpoint.as_str().trim_end_matches('/').to_string();
         let allow_http = config.endpoint.scheme() == "http";
         let client_options = ClientOptions::new()
@@ -174,7 +178,11 @@ impl AzureStore {
             auth,
             retry: config.retry,
         };
-        Ok(Self { store, rest })
+        Ok(Self {
+            store,
+            rest,
+            credential_kind,
+        })
     }
 
     /// Creates the container if it does not exist; true when it was created.
@@ -378,6 +386,34 @@ impl ReadUrlSigner for AzureStore {
                     .await
                     .map_err(|e| self.map_error(name, e))
             }
+        }
+    }
+
+    async fn read_access(&self, name: &str, valid_for: Duration) -> Result<ReadAccess> {
+        match self.read_url(name, valid_for).await {
+            Ok(url) => Ok(ReadAccess::Url(url)),
+            Err(e) => match self.azcopy_login_type() {
+                Some(login_type) => {
+                    tracing::info!(blob = %name, error = %e, login_type, "no SAS could be minted; azcopy logs in itself");
+                    Ok(ReadAccess::AutoLogin {
+                        url: self.rest.blob_url(name)?,
+                        login_type,
+                    })
+                }
+                None => Err(e),
+            },
+        }
+    }
+}
+
+impl AzureStore {
+    /// azcopy's own login for this store's Entra ID credential, if it has one.
+    fn azcopy_login_type(&self) -> Option<&'static str> {
+        match self.credential_kind {
+            "workload identity" => Some("WORKLOAD"),
+            "managed identity" => Some("MSI"),
+            "Azure CLI" => Some("AZCLI"),
+            _ => None,
         }
     }
 }
