@@ -191,7 +191,7 @@ pub struct MountOptions {
     #[arg(long, env = "ADLSFS_NATIVE_PARALLELISM", default_value_t = 8)]
     pub native_parallelism: usize,
     /// Size of each ranged GET (native fetcher)
-    #[arg(long, env = "ADLSFS_NATIVE_CHUNK_SIZE", default_value = "8M", value_parser = parse_size)]
+    #[arg(long, env = "ADLSFS_NATIVE_CHUNK_SIZE", default_value = "32M", value_parser = parse_size)]
     pub native_chunk_size: u64,
     /// How files are downloaded: azcopy for large blobs when free (auto), always azcopy, or
     /// always the built-in parallel downloader
@@ -200,9 +200,10 @@ pub struct MountOptions {
     /// The azcopy binary (default: `azcopy` on PATH)
     #[arg(long, env = "ADLSFS_AZCOPY_PATH")]
     pub azcopy_path: Option<PathBuf>,
-    /// Smallest blob `--fetcher auto` gives to azcopy (it costs ~2 s to start)
-    #[arg(long, env = "ADLSFS_AZCOPY_MIN_SIZE", default_value = "20M", value_parser = parse_size)]
-    pub azcopy_min_size: u64,
+    /// Smallest blob handed to azcopy. Unset, `auto` never uses azcopy (native won at every
+    /// size measured here) and `azcopy` uses it from 20M up
+    #[arg(long, env = "ADLSFS_AZCOPY_MIN_SIZE", value_parser = parse_size)]
+    pub azcopy_min_size: Option<u64>,
     /// Kill an azcopy job whose transferred bytes do not grow for this long
     #[arg(long, env = "ADLSFS_AZCOPY_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub azcopy_stall_timeout: Duration,

@@ -149,7 +149,7 @@ async fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_
         FetcherMode::Auto,
         native.clone(),
         Some(azcopy.clone()),
-        1 << 20,
+        Some(1 << 20),
     );
     std::fs::write(&dest, b"").unwrap();
     let start = Instant::now();
@@ -166,7 +166,7 @@ async fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_
         FetcherMode::Azcopy,
         native,
         Some(azcopy),
-        1 << 20,
+        Some(1 << 20),
     ));
     std::fs::write(&dest, b"").unwrap();
     let (m, d, f) = (meta.clone(), dest.clone(), forced.clone());
@@ -206,7 +206,8 @@ async fn a_failing_or_missing_azcopy_falls_back_to_native() {
             !direct.to_string().contains("SECRET"),
             "SAS leaked: {direct}"
         );
-        let select = SelectingFetcher::new(FetcherMode::Azcopy, native.clone(), Some(azcopy), 0);
+        let select =
+            SelectingFetcher::new(FetcherMode::Azcopy, native.clone(), Some(azcopy), Some(0));
         let cached = cache
             .get_or_fetch(&key(&meta), &meta, &select)
             .await
@@ -430,7 +431,7 @@ fn job_intervals(log: &str) -> Vec<(String, String)> {
 }
 
 #[test]
-fn a_64_mib_file_goes_through_exactly_one_azcopy_job_by_default() {
+fn a_64_mib_file_goes_through_exactly_one_azcopy_job_when_auto_has_a_threshold() {
     let azurite = Azurite::start();
     let data = pattern(64 << 20, 31);
     let container = tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -443,7 +444,7 @@ fn a_64_mib_file_goes_through_exactly_one_azcopy_job_by_default() {
         &azurite,
         &format!("adls://devstoreaccount1/{container}"),
         cache.path(),
-        &[],
+        &["--azcopy-min-size", "20M"],
     );
     let got = std::fs::read(mount.path().join("model.bin")).unwrap();
     assert_eq!(xxh3_128(&got), xxh3_128(&data));
@@ -478,4 +479,27 @@ fn azcopy_jobs_from_two_processes_never_overlap() {
     assert_eq!(jobs.len(), 2, "one job per file");
     jobs.sort();
     assert!(jobs[0].1 <= jobs[1].0, "azcopy jobs overlapped: {jobs:?}");
+}
+
+#[test]
+fn auto_is_native_first_without_a_threshold() {
+    let azurite = Azurite::start();
+    let container = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let (c, s) = azurite.new_container().await;
+        put(&s, "model.bin", pattern(24 << 20, 34)).await;
+        c
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+    std::fs::read(mount.path().join("model.bin")).unwrap();
+    let log = mount.log();
+    assert!(
+        log.contains("fetcher=\"native\"") && !log.contains("azcopy job started"),
+        "{log}"
+    );
 }

@@ -16,7 +16,7 @@ pub mod evict;
 pub mod layout;
 
 use crate::digest::Xxh3Digest;
-use crate::fetch::verify::{verify_file, Verified};
+use crate::fetch::verify::{verify_digests, verify_file, Verified};
 use crate::fetch::{FetchError, Fetcher, NoProgress, ProgressSink};
 use crate::storage::BlobMeta;
 pub use evict::{Bounds, MinFree};
@@ -318,8 +318,18 @@ impl Cache {
         let result = async {
             let report = fetcher.fetch(meta, &tmp, self.progress.as_ref()).await?;
             let (tmp_owned, meta_owned, require) = (tmp.clone(), meta.clone(), self.require_digest);
+            let streamed = report.digests;
             let verified = tokio::task::spawn_blocking(move || {
-                let verified = verify_file(&tmp_owned, &meta_owned, require)?;
+                let verified = match streamed {
+                    // Hashed while downloading; the file's size is checked here.
+                    Some(d) => {
+                        let size = fs::metadata(&tmp_owned)
+                            .map_err(|e| FetchError::io(&tmp_owned, e))?
+                            .len();
+                        verify_digests(&meta_owned, require, d.xxh3, d.md5, size)?
+                    }
+                    None => verify_file(&tmp_owned, &meta_owned, require)?,
+                };
                 sync_file(&tmp_owned)?;
                 Ok::<Verified, FetchError>(verified)
             })

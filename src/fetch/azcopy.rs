@@ -395,7 +395,10 @@ impl Fetcher for AzcopyFetcher {
     ) -> Result<FetchReport, FetchError> {
         self.fetch_locked(meta, dest, true, progress)
             .await
-            .map(|()| FetchReport { fetcher: "azcopy" })
+            .map(|()| FetchReport {
+                fetcher: "azcopy",
+                digests: None,
+            })
             .map_err(|e| match e {
                 AzcopyError::Fetch(f) => f,
                 other => FetchError::Tool {

@@ -63,6 +63,26 @@ impl FetchError {
 pub struct FetchReport {
     /// The fetcher that actually downloaded the file ("native", "azcopy").
     pub fetcher: &'static str,
+    /// Digests computed while downloading, so verification needs no second pass; `None`
+    /// when the fetcher could not see the bytes (azcopy).
+    pub digests: Option<StreamedDigests>,
+}
+
+/// Digests of a file computed as it was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamedDigests {
+    pub xxh3: crate::digest::Xxh3Digest,
+    /// Only computed when verification will need it (no xxh3 metadata, Content-MD5 present).
+    pub md5: Option<crate::digest::Md5Digest>,
+}
+
+impl StreamedDigests {
+    pub fn of(data: &[u8], with_md5: bool) -> Self {
+        Self {
+            xxh3: crate::digest::xxh3_128(data),
+            md5: with_md5.then(|| crate::digest::md5(data)),
+        }
+    }
 }
 
 /// Live progress of downloads, the one interface every fetcher reports to (a progress

@@ -18,25 +18,51 @@ pub struct Verified {
     pub checked_by: &'static str,
 }
 
+/// True when verifying `meta` needs an MD5 (no xxh3 metadata, but Content-MD5).
+pub fn needs_md5(meta: &BlobMeta) -> bool {
+    !matches!(meta.xxh3(), Ok(Some(_))) && meta.content_md5.is_some()
+}
+
 /// Hashes `path` and compares with `meta`. Blocking: call from a blocking thread.
 pub fn verify_file(
     path: &Path,
     meta: &BlobMeta,
     require_digest: bool,
 ) -> Result<Verified, FetchError> {
+    // Refuse before hashing what could never be accepted.
+    check_digest_policy(meta, require_digest)?;
+    let (xxh3, md5, size) =
+        hash_file(path, needs_md5(meta)).map_err(|e| FetchError::io(path, e))?;
+    verify_digests(meta, require_digest, xxh3, md5, size)
+}
+
+fn check_digest_policy(
+    meta: &BlobMeta,
+    require_digest: bool,
+) -> Result<Option<Xxh3Digest>, FetchError> {
     let expected_xxh3 = meta
         .xxh3()
         .map_err(|source| FetchError::BadDigestMetadata {
             blob: meta.name.clone(),
             source,
         })?;
-    let want_md5 = expected_xxh3.is_none() && meta.content_md5.is_some();
-    if expected_xxh3.is_none() && !want_md5 && require_digest {
+    if expected_xxh3.is_none() && meta.content_md5.is_none() && require_digest {
         return Err(FetchError::MissingDigest {
             blob: meta.name.clone(),
         });
     }
-    let (xxh3, md5, size) = hash_file(path, want_md5).map_err(|e| FetchError::io(path, e))?;
+    Ok(expected_xxh3)
+}
+
+/// Compares digests computed from `size` downloaded bytes with what `meta` promises.
+pub fn verify_digests(
+    meta: &BlobMeta,
+    require_digest: bool,
+    xxh3: Xxh3Digest,
+    md5: Option<Md5Digest>,
+    size: u64,
+) -> Result<Verified, FetchError> {
+    let expected_xxh3 = check_digest_policy(meta, require_digest)?;
     if size != meta.size {
         return Err(FetchError::SizeMismatch {
             blob: meta.name.clone(),
@@ -59,7 +85,8 @@ pub fn verify_file(
             checked_by: "xxh3_128",
         });
     }
-    if let (Some(expected), Some(actual)) = (meta.content_md5, md5) {
+    if let Some(expected) = meta.content_md5 {
+        let actual = md5.expect("MD5 computed whenever Content-MD5 is the check");
         if expected != actual {
             return Err(mismatch("md5", expected.to_base64(), actual.to_base64()));
         }

@@ -391,13 +391,23 @@ impl AdlsFs {
     /// The value of one extended attribute. Digests recorded in metadata are answered
     /// without downloading; a missing xxh3 materialises and hashes the file.
     pub async fn getxattr(&self, ino: Ino, name: &str) -> Result<Vec<u8>> {
+        if let Some(answer) = self.getxattr_now(ino, name) {
+            return answer;
+        }
+        let node = self.file_node(ino)?;
+        Ok(self.xxh3_of(&node).await?.as_bytes().to_vec())
+    }
+
+    /// The attribute's value when it needs no download or hashing (`None` otherwise), so
+    /// the adapter can answer at once: `ls -l` asks every file for ACL attributes.
+    pub fn getxattr_now(&self, ino: Ino, name: &str) -> Option<Result<Vec<u8>>> {
         let node = match self.file_node(ino) {
             Ok(node) => node,
-            Err(FsError::IsDir) => return Err(FsError::NoAttribute),
-            Err(e) => return Err(e),
+            Err(FsError::IsDir) => return Some(Err(FsError::NoAttribute)),
+            Err(e) => return Some(Err(e)),
         };
-        match name {
-            XATTR_XXH3 => Ok(self.xxh3_of(&node).await?.as_bytes().to_vec()),
+        Some(match name {
+            XATTR_XXH3 => return node.digest.get().map(|d| Ok(d.as_bytes().to_vec())),
             XATTR_MD5 => node
                 .meta
                 .content_md5
@@ -406,7 +416,7 @@ impl AdlsFs {
             XATTR_URI => Ok(self.location.blob_uri(&node.meta.name).into_bytes()),
             XATTR_ETAG => Ok(node.meta.etag.clone().into_bytes()),
             _ => Err(FsError::NoAttribute),
-        }
+        })
     }
 
     async fn xxh3_of(&self, node: &FileNode) -> Result<Xxh3Digest> {

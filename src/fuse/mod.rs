@@ -344,6 +344,11 @@ impl Filesystem for FuseAdapter {
         let Some(name) = name.to_str().map(str::to_string) else {
             return reply.error(Errno::from_i32(libc::ENODATA));
         };
+        match self.fs.getxattr_now(ino.0, &name) {
+            Some(Ok(value)) => return reply_xattr(reply, size, &value),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
+        }
         let fs = Arc::clone(&self.fs);
         self.rt.spawn(async move {
             match fs.getxattr(ino.0, &name).await {

@@ -10,6 +10,7 @@ mod retry;
 use crate::digest::{DigestError, Md5Digest, Xxh3Digest, XXH3_METADATA_KEY};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
@@ -166,6 +167,18 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
     /// Bytes `range` of the blob, only while its ETag is still `etag`; [`StorageError::Changed`]
     /// otherwise. `None` reads the whole blob (the only way to read an empty one).
     async fn read(&self, name: &str, range: Option<Range<u64>>, etag: &str) -> Result<Bytes>;
+
+    /// Like [`BlobStore::read`], but the body arrives in pieces as the service sends it,
+    /// so a large range never sits whole in memory. The default reads it whole.
+    async fn read_stream(
+        &self,
+        name: &str,
+        range: Option<Range<u64>>,
+        etag: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let data = self.read(name, range, etag).await?;
+        Ok(futures::stream::once(async move { Ok(data) }).boxed())
+    }
 
     /// Creates or replaces a blob with `data` and user `metadata`.
     async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta>;

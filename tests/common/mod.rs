@@ -97,11 +97,23 @@ impl Azurite {
         // With or without a query (azcopy's requests carry a SAS).
         let plain = format!("RequestMethod=GET RequestURL={url} ");
         let with_query = format!("RequestMethod=GET RequestURL={url}?");
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&plain) || l.contains(&with_query))
-            .count()
+        let count = || {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(&plain) || l.contains(&with_query))
+                .count()
+        };
+        // Azurite writes its log asynchronously: wait until the count stops moving.
+        let mut last = count();
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = count();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 
     pub fn data_dir(&self) -> &Path {

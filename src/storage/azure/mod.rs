@@ -13,6 +13,7 @@ use super::{
 use crate::location::Location;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -302,6 +303,37 @@ impl BlobStore for AzureStore {
         Ok(bytes)
     }
 
+    async fn read_stream(
+        &self,
+        name: &str,
+        range: Option<Range<u64>>,
+        etag: &str,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let path = self.object_path(name)?;
+        let options = GetOptions {
+            if_match: Some(etag.to_string()),
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = self
+            .store
+            .get_opts(&path, options)
+            .await
+            .map_err(|e| self.map_error(name, e))?;
+        let (name, endpoint) = (name.to_string(), self.rest.endpoint.to_string());
+        Ok(result
+            .into_stream()
+            .map(move |piece| {
+                piece.map_err(|e| StorageError::Unreachable {
+                    endpoint: endpoint.clone(),
+                    attempts: 1,
+                    elapsed: Duration::ZERO,
+                    cause: format!("reading the body of {name}: {e}"),
+                })
+            })
+            .boxed())
+    }
+
     async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta> {
         self.rest.put_blob(name, data, metadata).await?;
         self.head(name).await
@@ -407,6 +439,29 @@ impl ReadUrlSigner for AzureStore {
 }
 
 impl AzureStore {
+    /// The container URL with a SAS to list and read it, for tools like curl (benchmarks).
+    /// Only with an account key, which can sign it.
+    pub fn container_read_url(&self, valid_for: Duration) -> Result<Url> {
+        let RestAuth::SharedKey(key) = &self.rest.auth else {
+            return Err(StorageError::Credentials(
+                "a container SAS can only be minted from an account key".into(),
+            ));
+        };
+        let now = chrono::Utc::now();
+        let expiry =
+            now + chrono::Duration::from_std(valid_for).unwrap_or(chrono::Duration::hours(1));
+        let mut url = self.rest.container_url();
+        url.query_pairs_mut()
+            .extend_pairs(shared_key::container_read_sas(
+                &self.rest.account,
+                key,
+                &self.rest.container,
+                now - chrono::Duration::minutes(5),
+                expiry,
+            ));
+        Ok(url)
+    }
+
     /// azcopy's own login for this store's Entra ID credential, if it has one.
     fn azcopy_login_type(&self) -> Option<&'static str> {
         match self.credential_kind {

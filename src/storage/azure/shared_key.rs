@@ -45,19 +45,44 @@ pub fn blob_read_sas(
     start: chrono::DateTime<chrono::Utc>,
     expiry: chrono::DateTime<chrono::Utc>,
 ) -> Vec<(String, String)> {
+    let resource = format!("/blob/{account}/{container}/{blob}");
+    service_sas(key, &resource, "b", "r", start, expiry)
+}
+
+/// Query pairs of a service SAS that allows listing and reading a whole container.
+pub fn container_read_sas(
+    account: &str,
+    key: &[u8],
+    container: &str,
+    start: chrono::DateTime<chrono::Utc>,
+    expiry: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, String)> {
+    let resource = format!("/blob/{account}/{container}");
+    service_sas(key, &resource, "c", "rl", start, expiry)
+}
+
+fn service_sas(
+    key: &[u8],
+    canonical_resource: &str,
+    resource_type: &str,
+    permissions: &str,
+    start: chrono::DateTime<chrono::Utc>,
+    expiry: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, String)> {
     use chrono::SecondsFormat;
     let st = start.to_rfc3339_opts(SecondsFormat::Secs, true);
     let se = expiry.to_rfc3339_opts(SecondsFormat::Secs, true);
-    let resource = format!("/blob/{account}/{container}/{blob}");
     // permissions, start, expiry, resource, identifier, IP, protocol, version, resource
     // type, snapshot time, encryption scope, then five response-header overrides.
-    let to_sign = format!("r\n{st}\n{se}\n{resource}\n\n\n\n{SAS_VERSION}\nb\n\n\n\n\n\n\n");
+    let to_sign = format!(
+        "{permissions}\n{st}\n{se}\n{canonical_resource}\n\n\n\n{SAS_VERSION}\n{resource_type}\n\n\n\n\n\n\n"
+    );
     let pairs = [
         ("sv", SAS_VERSION.to_string()),
         ("st", st),
         ("se", se),
-        ("sr", "b".to_string()),
-        ("sp", "r".to_string()),
+        ("sr", resource_type.to_string()),
+        ("sp", permissions.to_string()),
         ("sig", hmac_base64(key, &to_sign)),
     ];
     pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
