@@ -1,9 +1,8 @@
-//! Wiring for the mount: runtime, storage, cache, fetcher, filesystem core, FUSE session,
-//! and signals.
+//! Wiring for the long-running commands: runtime, storage, cache, fetchers, filesystem
+//! core, FUSE session, metrics endpoints and signals.
 
 use crate::cache::Cache;
-use crate::cli::MountArgs;
-use crate::cli::MountOptions;
+use crate::cli::{FetchArgs, MountArgs};
 use crate::fetch::azcopy::{AzcopyConfig, AzcopyFetcher};
 use crate::fetch::native::{NativeConfig, NativeFetcher};
 use crate::fetch::select::{FetcherMode, SelectingFetcher};
@@ -11,23 +10,36 @@ use crate::fetch::{sizing, Fetcher};
 use crate::fs::{AdlsFs, FsConfig};
 use crate::fuse::session::{self, MountConfig};
 use crate::fuse::FuseAdapter;
+use crate::metrics::Metrics;
 use crate::storage::azure::AzureStore;
 use crate::storage::BlobStore;
 use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often the main loop checks whether the session ended from outside.
 const SESSION_POLL: Duration = Duration::from_millis(200);
 
-pub fn run_mount(args: MountArgs) -> Result<()> {
-    // Check the mountpoint before anything slow, so the error is immediate.
-    session::check_mountpoint(&args.mountpoint)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Tells the process that started a daemonised mount how the mount went.
+pub trait ReadyNotifier {
+    fn ready(self: Box<Self>);
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("adlsfs-worker")
         .build()
-        .context("starting the async runtime")?;
+        .context("starting the async runtime")
+}
+
+/// Mounts, serves until unmounted or signalled, then drains and unmounts. `ready` is
+/// called once the mount is live (a daemonised parent then exits 0).
+pub fn run_mount(args: MountArgs, ready: Option<Box<dyn ReadyNotifier>>) -> Result<()> {
+    // Check the mountpoint before anything slow, so the error is immediate.
+    session::check_mountpoint(&args.mountpoint)?;
+    let runtime = runtime()?;
     let azure = Arc::new(args.storage.to_config().connect(&args.location)?);
     let store: Arc<dyn BlobStore> = azure.clone();
     // Fail at mount time, not at first access, when the location is wrong or unreadable.
@@ -35,21 +47,28 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         .block_on(store.list_dir(&args.location.dir_prefix()))
         .with_context(|| format!("checking access to {}", args.location))?;
     let opts = &args.mount;
+    let metrics = Arc::new(Metrics::default());
     let cache = Arc::new(
         Cache::open_bounded(
             &opts.cache.cache_dir,
-            opts.require_digest,
+            opts.fetch.require_digest,
             opts.cache.bounds(),
         )
-        .context("opening the cache directory")?,
+        .context("opening the cache directory")?
+        .with_metrics(Arc::clone(&metrics)),
     );
-    let fetcher = build_fetcher(opts, Arc::clone(&store), azure);
+    let fetcher = build_fetcher(
+        &opts.fetch,
+        &opts.cache.cache_dir,
+        Arc::clone(&store),
+        azure,
+    );
     // SAFETY: getters without preconditions.
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let fs = Arc::new(AdlsFs::new(
         args.location.clone(),
         store,
-        cache,
+        Arc::clone(&cache),
         fetcher,
         FsConfig {
             metadata_ttl: opts.metadata_ttl,
@@ -59,6 +78,11 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
             dir_mode: opts.dir_mode,
         },
     ));
+    let _servers = runtime.block_on(start_metrics_servers(
+        &metrics,
+        opts.metrics_addr,
+        &args.mountpoint,
+    ))?;
     let adapter = FuseAdapter::new(fs, runtime.handle().clone(), opts.metadata_ttl);
     let mounted = session::mount(
         adapter,
@@ -75,15 +99,43 @@ pub fn run_mount(args: MountArgs) -> Result<()> {
         args.location,
         args.mountpoint.display()
     );
+    if let Some(ready) = ready {
+        ready.ready();
+    }
 
     let signal = runtime.block_on(wait_for_end(&mounted))?;
     match signal {
-        Some(name) => tracing::info!(signal = name, "unmounting"),
+        Some(name) => {
+            tracing::info!(
+                signal = name,
+                in_flight = cache.in_flight(),
+                "draining, then unmounting"
+            );
+            runtime.block_on(drain(&cache, opts.drain_timeout));
+        }
         None => tracing::info!("unmounted externally"),
     }
     mounted.unmount().context("unmounting")?;
+    // Downloads cut short by the unmount must leave nothing behind.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    cache.remove_own_temporaries();
+    tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
     eprintln!("adlsfs: unmounted {}", args.mountpoint.display());
     Ok(())
+}
+
+/// Lets downloads in progress finish, for at most `timeout`.
+async fn drain(cache: &Cache, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while cache.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if cache.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = cache.in_flight(),
+            "drain timeout: abandoning downloads in progress"
+        );
+    }
 }
 
 /// Waits for SIGINT or SIGTERM (returning its name), or for the session to end by itself.
@@ -104,9 +156,87 @@ async fn wait_for_end(mounted: &session::Mounted) -> Result<Option<&'static str>
     }
 }
 
+/// The local socket `adlsfs stats <mountpoint>` reads a mount's counters from.
+pub fn stats_socket(mountpoint: &Path) -> PathBuf {
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let id = crate::digest::xxh3_128(canonical.as_os_str().as_encoded_bytes());
+    let hex = crate::cache::layout::hex(&id.as_bytes()[..8]);
+    // SAFETY: geteuid has no preconditions.
+    let dir = if unsafe { libc::geteuid() } == 0 {
+        PathBuf::from("/run/adlsfs")
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .map(|d| PathBuf::from(d).join("adlsfs"))
+            .unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("adlsfs-{}", unsafe { libc::geteuid() }))
+            })
+    };
+    dir.join(format!("{hex}.sock"))
+}
+
+/// Removes its socket file when the mount ends.
+pub struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves the counters on the stats socket, and over HTTP at `addr` when given.
+async fn start_metrics_servers(
+    metrics: &Arc<Metrics>,
+    addr: Option<std::net::SocketAddr>,
+    mountpoint: &Path,
+) -> Result<SocketGuard> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = stats_socket(mountpoint);
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let unix = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    let m = Arc::clone(metrics);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = unix.accept().await {
+            let _ = conn.write_all(m.render().as_bytes()).await;
+        }
+    });
+    if let Some(addr) = addr {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} for metrics"))?;
+        tracing::info!(%addr, "serving metrics at /metrics");
+        let m = Arc::clone(metrics);
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = tcp.accept().await {
+                let m = Arc::clone(&m);
+                tokio::spawn(async move {
+                    let mut request = [0u8; 1024];
+                    let n = conn.read(&mut request).await.unwrap_or(0);
+                    let wanted = request[..n].starts_with(b"GET /metrics ");
+                    let (status, body) = if wanted {
+                        ("200 OK", m.render())
+                    } else {
+                        ("404 Not Found", "only GET /metrics is served\n".to_string())
+                    };
+                    let response = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+    }
+    Ok(SocketGuard(socket))
+}
+
 /// The native fetcher, plus azcopy when the mode may use it and a binary is found.
-fn build_fetcher(
-    opts: &MountOptions,
+pub fn build_fetcher(
+    opts: &FetchArgs,
+    cache_dir: &Path,
     store: Arc<dyn BlobStore>,
     azure: Arc<AzureStore>,
 ) -> Arc<dyn Fetcher> {
@@ -137,7 +267,7 @@ fn build_fetcher(
                 Some(Arc::new(AzcopyFetcher::new(
                     AzcopyConfig {
                         binary,
-                        cache_root: opts.cache.cache_dir.clone(),
+                        cache_root: cache_dir.to_path_buf(),
                         env,
                         stall_timeout: opts.azcopy_stall_timeout,
                     },
@@ -161,9 +291,9 @@ fn build_fetcher(
 }
 
 /// `explicit` if it is an executable file, else `azcopy` on PATH.
-fn find_azcopy(explicit: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+fn find_azcopy(explicit: Option<&Path>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &std::path::Path| {
+    let executable = |p: &Path| {
         std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
     if let Some(path) = explicit {

@@ -28,12 +28,47 @@ pub struct GlobalArgs {
     /// Log level or tracing filter (RUST_LOG wins when set)
     #[arg(long, global = true, env = "ADLSFS_LOG_LEVEL", default_value = "warn")]
     pub log_level: String,
+    /// Log lines as text or as JSON objects
+    #[arg(
+        long,
+        global = true,
+        env = "ADLSFS_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Append logs to this file instead of stderr (a daemonised mount has no stderr)
+    #[arg(long, global = true, env = "ADLSFS_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Subcommand names, for telling `adlsfs <source> <mountpoint>` (mount(8)) from them.
+pub const SUBCOMMANDS: [&str; 9] = [
+    "mount",
+    "prefetch",
+    "stats",
+    "ls",
+    "stat",
+    "upload",
+    "cache",
+    "help",
+    "completions",
+];
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Mount a container or prefix read-only (stays in the foreground until unmounted)
+    /// Mount a container or prefix read-only (daemonises unless --foreground)
     Mount(MountArgs),
+    /// Warm the node cache with files, directories or globs of a location
+    Prefetch(PrefetchArgs),
+    /// Show a running mount's counters (Prometheus text)
+    Stats(StatsArgs),
     /// List a directory of a container
     Ls(LsArgs),
     /// Show the properties, digests and metadata of one blob
@@ -181,12 +216,29 @@ pub struct MountOptions {
     /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf unless root)
     #[arg(long, env = "ADLSFS_ALLOW_OTHER")]
     pub allow_other: bool,
-    /// Refuse (EIO) blobs with neither an xxh3_128 digest in metadata nor Content-MD5
-    #[arg(long, env = "ADLSFS_REQUIRE_DIGEST")]
-    pub require_digest: bool,
     /// Threads reading FUSE requests
     #[arg(long, env = "ADLSFS_FUSE_THREADS", default_value_t = 8)]
     pub fuse_threads: usize,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// Stay attached to the terminal instead of daemonising (use it in containers)
+    #[arg(long, short = 'f', env = "ADLSFS_FOREGROUND")]
+    pub foreground: bool,
+    /// Serve the counters in Prometheus text format at http://ADDR/metrics
+    #[arg(long, env = "ADLSFS_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// On SIGTERM/SIGINT, let downloads in progress finish for at most this long
+    #[arg(long, env = "ADLSFS_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// How files are downloaded and verified (mount and prefetch).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Fetching")]
+pub struct FetchArgs {
+    /// Refuse (EIO) blobs with neither an xxh3_128 digest in metadata nor Content-MD5
+    #[arg(long, env = "ADLSFS_REQUIRE_DIGEST")]
+    pub require_digest: bool,
     /// Ranged GETs in flight per download (native fetcher)
     #[arg(long, env = "ADLSFS_NATIVE_PARALLELISM", default_value_t = 8)]
     pub native_parallelism: usize,
@@ -210,7 +262,28 @@ pub struct MountOptions {
     /// cgroup v2 mount whose cpu.max and memory.max size azcopy
     #[arg(long, env = "ADLSFS_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
     pub cgroup_root: PathBuf,
-    /// Stay in the foreground (the default until daemonising is implemented)
-    #[arg(long, env = "ADLSFS_FOREGROUND")]
-    pub foreground: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PrefetchArgs {
+    /// adls://account/container[/prefix] (or the abfss:// or https:// form)
+    pub location: Location,
+    /// Files, directories (recursively) or globs (`*`, `?`, `**`) relative to the location;
+    /// everything under it when none are given
+    pub paths: Vec<String>,
+    /// Files downloaded at once
+    #[arg(long, env = "ADLSFS_PREFETCH_PARALLEL", default_value_t = 4)]
+    pub parallel: usize,
+    #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The mountpoint of a running adlsfs mount
+    pub mountpoint: PathBuf,
 }

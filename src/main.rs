@@ -1,46 +1,120 @@
-//! The `adlsfs` binary: parse arguments, run the command, report errors with context.
+//! The `adlsfs` binary: parse arguments (the mount(8) form included), daemonise a mount,
+//! run the command, report errors with context.
 
 use adlsfs::cache::layout::Layout;
-use adlsfs::cli::{CacheCommand, Cli, Command};
-use adlsfs::commands::{cache, ls, upload};
+use adlsfs::cli::{CacheCommand, Cli, Command, GlobalArgs, LogFormat, SUBCOMMANDS};
+use adlsfs::commands::{cache, ls, prefetch, upload};
+use adlsfs::mount_options;
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli.global.log_level);
-    match run(cli.command) {
+    let args = match mount_options::rewrite(std::env::args_os().collect(), &SUBCOMMANDS) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("adlsfs: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut cli = Cli::parse_from(args);
+    if let Err(e) = init_logging(&cli.global) {
+        eprintln!("adlsfs: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    // A mount daemonises here, before any runtime or thread exists.
+    let mut ready = None;
+    if let Command::Mount(args) = &mut cli.command {
+        if let Err(e) = absolutize(args) {
+            eprintln!("adlsfs: {e:#}");
+            return ExitCode::FAILURE;
+        }
+        if !args.mount.foreground {
+            match adlsfs::daemon::daemonize(cli.global.log_file.is_none()) {
+                Ok(notifier) => {
+                    ready = Some(Box::new(notifier) as Box<dyn adlsfs::app::ReadyNotifier>)
+                }
+                Err(e) => {
+                    eprintln!("adlsfs: daemonising: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    let result = match cli.command {
+        Command::Mount(args) => adlsfs::app::run_mount(args, ready),
+        other => run(other),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("adlsfs: {e:#}");
+            tracing::error!(error = format!("{e:#}"), "exiting");
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+/// A daemon leaves its working directory: make its paths independent of it first.
+fn absolutize(args: &mut adlsfs::cli::MountArgs) -> Result<()> {
+    args.mountpoint = std::path::absolute(&args.mountpoint).context("resolving the mountpoint")?;
+    let cache = &mut args.mount.cache.cache_dir;
+    *cache = std::path::absolute(&*cache).context("resolving the cache directory")?;
+    Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
+fn init_logging(global: &GlobalArgs) -> Result<()> {
+    use std::sync::Mutex;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&global.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match (&global.log_file, global.log_format) {
+        (Some(path), format) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log file {}", path.display()))?;
+            let builder = builder.with_writer(Mutex::new(file)).with_ansi(false);
+            match format {
+                LogFormat::Json => builder.json().init(),
+                LogFormat::Text => builder.init(),
+            }
+        }
+        (None, format) => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let builder = builder.with_writer(std::io::stderr).with_ansi(ansi);
+            match format {
+                LogFormat::Json => builder.json().init(),
+                LogFormat::Text => builder.init(),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Mount(args) => adlsfs::app::run_mount(args),
+        Command::Mount(_) => unreachable!("mounts are run by main"),
         Command::Cache(command) => run_cache(command),
-        Command::Ls(args) => runtime()?.block_on(async {
+        Command::Prefetch(args) => prefetch::run(args),
+        Command::Stats(args) => {
+            use std::io::Read;
+            let socket = adlsfs::app::stats_socket(&args.mountpoint);
+            let mut conn = std::os::unix::net::UnixStream::connect(&socket).with_context(|| {
+                format!(
+                    "no running adlsfs mount answers for {} (socket {})",
+                    args.mountpoint.display(),
+                    socket.display()
+                )
+            })?;
+            let mut text = String::new();
+            conn.read_to_string(&mut text)
+                .context("reading the counters")?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Ls(args) => adlsfs::app::runtime()?.block_on(async {
             let store = args.storage.to_config().connect(&args.location)?;
             let entries = ls::list(&store, &args.location.dir_prefix(), args.recursive)
                 .await
@@ -50,7 +124,7 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }),
-        Command::Stat(args) => runtime()?.block_on(async {
+        Command::Stat(args) => adlsfs::app::runtime()?.block_on(async {
             use adlsfs::storage::BlobStore;
             let store = args.storage.to_config().connect(&args.location)?;
             let meta = store
@@ -70,7 +144,7 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }),
-        Command::Upload(args) => runtime()?.block_on(async {
+        Command::Upload(args) => adlsfs::app::runtime()?.block_on(async {
             let store = args.storage.to_config().connect(&args.location)?;
             if args.create_container && store.create_container().await? {
                 eprintln!("created container {}", args.location.container);

@@ -18,6 +18,7 @@ pub mod layout;
 use crate::digest::Xxh3Digest;
 use crate::fetch::verify::{verify_digests, verify_file, Verified};
 use crate::fetch::{FetchError, Fetcher, NoProgress, ProgressSink};
+use crate::metrics::Metrics;
 use crate::storage::BlobMeta;
 pub use evict::{Bounds, MinFree};
 use fs2::FileExt;
@@ -83,6 +84,7 @@ pub struct Cache {
     /// Bytes of downloads in progress in this process.
     reserved: AtomicU64,
     progress: Arc<dyn ProgressSink>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for dyn ProgressSink {
@@ -130,9 +132,36 @@ impl Cache {
             used: AtomicU64::new(used),
             reserved: AtomicU64::new(0),
             progress: Arc::new(NoProgress),
+            metrics: Arc::new(Metrics::default()),
         };
         cache.remove_stale_temporaries(None);
         Ok(cache)
+    }
+
+    /// Counts hits, misses, downloads and evictions into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Downloads in progress in this process.
+    pub fn in_flight(&self) -> u64 {
+        self.metrics.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Removes this process's own temporaries: at shutdown, after unmounting, downloads
+    /// that were cut short must not leave files behind.
+    pub fn remove_own_temporaries(&self) {
+        let suffix = format!(".{}.", std::process::id());
+        for entry in fs::read_dir(self.layout.tmp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().contains(&suffix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Reports every download's progress to `sink`.
@@ -183,8 +212,10 @@ impl Cache {
     ) -> Result<CachedFile, CacheError> {
         let path = self.layout.entry_path(key);
         if let Some(hit) = lookup(&path, meta.size) {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
         let entry_mutex = {
             let mut map = self.in_flight.lock().expect("in-flight map");
             Arc::clone(map.entry(key.clone()).or_default())
@@ -270,6 +301,12 @@ impl Cache {
             .await
             .expect("usage task panicked");
         self.used.store(used, Ordering::SeqCst);
+        self.metrics
+            .evictions
+            .fetch_add(evicted.files as u64, Ordering::Relaxed);
+        self.metrics
+            .evicted_bytes
+            .fetch_add(evicted.bytes, Ordering::Relaxed);
         if evicted.files > 0 {
             tracing::info!(
                 files = evicted.files,
@@ -290,6 +327,7 @@ impl Cache {
     ) -> Result<CachedFile, CacheError> {
         self.make_room(&meta.name, meta.size).await?;
         self.reserved.fetch_add(meta.size, Ordering::SeqCst);
+        self.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
         let mut result = self.download_once(key, meta, fetcher, final_path).await;
         if matches!(&result, Err(e) if e.is_no_space()) {
             // The disk filled up under us (other processes, other files): evict, try once more.
@@ -300,8 +338,24 @@ impl Cache {
             }
         }
         self.reserved.fetch_sub(meta.size, Ordering::SeqCst);
-        if result.is_ok() {
-            self.used.fetch_add(meta.size, Ordering::SeqCst);
+        self.metrics.in_flight.fetch_sub(1, Ordering::SeqCst);
+        match &result {
+            Ok(_) => {
+                self.used.fetch_add(meta.size, Ordering::SeqCst);
+            }
+            Err(e) => {
+                self.metrics.fetch_failures.fetch_add(1, Ordering::Relaxed);
+                if matches!(
+                    e,
+                    CacheError::Fetch(
+                        FetchError::DigestMismatch { .. } | FetchError::SizeMismatch { .. }
+                    )
+                ) {
+                    self.metrics
+                        .verification_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         result
     }
@@ -349,6 +403,11 @@ impl Cache {
         .await;
         match result {
             Ok((verified, report)) => {
+                self.metrics.record_fetch(
+                    report.fetcher,
+                    meta.size,
+                    started.elapsed().as_secs_f64(),
+                );
                 tracing::info!(
                     blob = %meta.name,
                     bytes = meta.size,

@@ -3,4 +3,5 @@
 
 pub mod cache;
 pub mod ls;
+pub mod prefetch;
 pub mod upload;

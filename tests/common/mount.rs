@@ -43,6 +43,7 @@ impl Mount {
             .arg(&mountpoint)
             .arg("--cache-dir")
             .arg(cache_dir)
+            .arg("--foreground")
             .args(extra)
             .env(
                 "AZURE_STORAGE_CONNECTION_STRING",
