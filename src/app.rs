@@ -135,6 +135,12 @@ async fn drain(cache: &Cache, timeout: Duration) {
             in_flight = cache.in_flight(),
             "drain timeout: abandoning downloads in progress"
         );
+        // Their opens fail with EIO, so nothing holds the unmount up.
+        cache.cancel_downloads();
+        let grace = Instant::now() + Duration::from_secs(2);
+        while cache.in_flight() > 0 && Instant::now() < grace {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -9,8 +9,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// The child's end of the pipe to the waiting parent.
 pub struct PipeNotifier {
     pipe: OwnedFd,
-    /// Keep stderr (logs go there) rather than detaching it.
-    keep_stderr: bool,
 }
 
 impl ReadyNotifier for PipeNotifier {
@@ -20,11 +18,14 @@ impl ReadyNotifier for PipeNotifier {
         // SAFETY: a valid pipe descriptor and a live two-byte buffer.
         unsafe { libc::write(fd, b"ok".as_ptr().cast(), 2) };
         drop(self.pipe);
-        detach_stdio(self.keep_stderr);
+        detach_stdio();
     }
 }
 
-fn detach_stdio(keep_stderr: bool) {
+/// Points stdin, stdout and stderr at /dev/null: whoever started the mount (a terminal,
+/// mount(8) waiting on a pipe) must not be held by the daemon. Logs go to --log-file or
+/// syslog instead.
+fn detach_stdio() {
     let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -32,8 +33,7 @@ fn detach_stdio(keep_stderr: bool) {
     else {
         return;
     };
-    let targets: &[i32] = if keep_stderr { &[0, 1] } else { &[0, 1, 2] };
-    for &target in targets {
+    for target in [0, 1, 2] {
         // SAFETY: duplicating a valid descriptor onto a standard one.
         unsafe { libc::dup2(null.as_raw_fd(), target) };
     }
@@ -43,8 +43,7 @@ fn detach_stdio(keep_stderr: bool) {
 
 /// Forks. The parent waits for the child's readiness and exits (0 when the mount is live,
 /// else the child's status); the child, in a new session, gets the notifier.
-/// `keep_stderr` when logs go to stderr of a process that keeps one (a log file does not).
-pub fn daemonize(keep_stderr: bool) -> io::Result<PipeNotifier> {
+pub fn daemonize() -> io::Result<PipeNotifier> {
     let mut fds = [0i32; 2];
     // SAFETY: a valid two-element array for the descriptors.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -60,10 +59,7 @@ pub fn daemonize(keep_stderr: bool) -> io::Result<PipeNotifier> {
             drop(read_end);
             // SAFETY: setsid has no preconditions; it detaches from the controlling terminal.
             unsafe { libc::setsid() };
-            Ok(PipeNotifier {
-                pipe: write_end,
-                keep_stderr,
-            })
+            Ok(PipeNotifier { pipe: write_end })
         }
         child => {
             drop(write_end);
@@ -82,5 +78,33 @@ pub fn daemonize(keep_stderr: bool) -> io::Result<PipeNotifier> {
             };
             std::process::exit(if code == 0 { 1 } else { code });
         }
+    }
+}
+
+/// Log lines to syslog (journald on systemd machines), for a daemon started without
+/// `--log-file`.
+pub struct SyslogWriter;
+
+impl SyslogWriter {
+    pub fn open() {
+        // SAFETY: a static NUL-terminated ident; openlog keeps the pointer.
+        unsafe { libc::openlog(c"adlsfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) };
+    }
+}
+
+impl io::Write for SyslogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            if let Ok(line) = std::ffi::CString::new(line.replace('\0', " ")) {
+                // SAFETY: a constant format string and a NUL-terminated argument.
+                unsafe { libc::syslog(libc::LOG_NOTICE, c"%s".as_ptr(), line.as_ptr()) };
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

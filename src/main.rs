@@ -18,7 +18,8 @@ fn main() -> ExitCode {
         }
     };
     let mut cli = Cli::parse_from(args);
-    if let Err(e) = init_logging(&cli.global) {
+    let daemonising = matches!(&cli.command, Command::Mount(a) if !a.mount.foreground);
+    if let Err(e) = init_logging(&cli.global, daemonising) {
         eprintln!("adlsfs: {e:#}");
         return ExitCode::FAILURE;
     }
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         if !args.mount.foreground {
-            match adlsfs::daemon::daemonize(cli.global.log_file.is_none()) {
+            match adlsfs::daemon::daemonize() {
                 Ok(notifier) => {
                     ready = Some(Box::new(notifier) as Box<dyn adlsfs::app::ReadyNotifier>)
                 }
@@ -63,7 +64,8 @@ fn absolutize(args: &mut adlsfs::cli::MountArgs) -> Result<()> {
     Ok(())
 }
 
-fn init_logging(global: &GlobalArgs) -> Result<()> {
+/// Logs go to --log-file, else to syslog for a daemon (it has no stderr), else stderr.
+fn init_logging(global: &GlobalArgs, daemonising: bool) -> Result<()> {
     use std::sync::Mutex;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&global.log_level));
@@ -76,6 +78,17 @@ fn init_logging(global: &GlobalArgs) -> Result<()> {
                 .open(path)
                 .with_context(|| format!("opening the log file {}", path.display()))?;
             let builder = builder.with_writer(Mutex::new(file)).with_ansi(false);
+            match format {
+                LogFormat::Json => builder.json().init(),
+                LogFormat::Text => builder.init(),
+            }
+        }
+        (None, format) if daemonising => {
+            adlsfs::daemon::SyslogWriter::open();
+            let builder = builder
+                .with_writer(|| adlsfs::daemon::SyslogWriter)
+                .with_ansi(false)
+                .without_time();
             match format {
                 LogFormat::Json => builder.json().init(),
                 LogFormat::Text => builder.init(),

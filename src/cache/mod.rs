@@ -85,6 +85,8 @@ pub struct Cache {
     reserved: AtomicU64,
     progress: Arc<dyn ProgressSink>,
     metrics: Arc<Metrics>,
+    /// Set at shutdown: downloads still running are abandoned.
+    cancel: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for dyn ProgressSink {
@@ -133,6 +135,7 @@ impl Cache {
             reserved: AtomicU64::new(0),
             progress: Arc::new(NoProgress),
             metrics: Arc::new(Metrics::default()),
+            cancel: tokio::sync::watch::Sender::new(false),
         };
         cache.remove_stale_temporaries(None);
         Ok(cache)
@@ -142,6 +145,12 @@ impl Cache {
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
         self
+    }
+
+    /// Abandons every download in progress (their opens fail, their temporaries are
+    /// removed) so a shutdown is not held up by them.
+    pub fn cancel_downloads(&self) {
+        self.cancel.send_replace(true);
     }
 
     /// Downloads in progress in this process.
@@ -370,7 +379,11 @@ impl Cache {
         let tmp = self.new_temporary(key)?;
         let started = Instant::now();
         let result = async {
-            let report = fetcher.fetch(meta, &tmp, self.progress.as_ref()).await?;
+            let mut cancelled = self.cancel.subscribe();
+            let report = tokio::select! {
+                report = fetcher.fetch(meta, &tmp, self.progress.as_ref()) => report?,
+                _ = cancelled.wait_for(|c| *c) => return Err(FetchError::Cancelled),
+            };
             let (tmp_owned, meta_owned, require) = (tmp.clone(), meta.clone(), self.require_digest);
             let streamed = report.digests;
             let verified = tokio::task::spawn_blocking(move || {

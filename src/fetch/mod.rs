@@ -33,6 +33,8 @@ pub enum FetchError {
     MissingDigest { blob: String },
     #[error("{blob:?} has an unusable digest in its metadata: {source}")]
     BadDigestMetadata { blob: String, source: DigestError },
+    #[error("adlsfs is shutting down; the download was abandoned")]
+    Cancelled,
     #[error("{tool}: {message}")]
     Tool { tool: &'static str, message: String },
     #[error("{blob:?}: received {actual} bytes, expected {expected}")]

@@ -48,20 +48,38 @@ impl Mounted {
         self.thread.is_finished()
     }
 
-    /// Unmounts (if still mounted) and waits for the session threads to end.
+    /// Unmounts (if still mounted) and waits, for a bounded time, for the session threads
+    /// to end. A mount kept busy by open files is detached lazily: new accesses fail, open
+    /// files are cut off when the process exits.
     pub fn unmount(mut self) -> std::io::Result<()> {
         if !self.thread.is_finished() {
             if let Err(e) = self.unmounter.unmount() {
-                // Already unmounted from outside (fusermount3 -u racing a signal): the
-                // session ends by itself, which the join below shows.
-                tracing::debug!(error = %e, "unmount");
+                if !self.thread.is_finished() {
+                    tracing::warn!(error = %e, "mount busy; detaching it lazily");
+                    let _ = std::process::Command::new("fusermount3")
+                        .arg("-u")
+                        .arg("-z")
+                        .arg(&self.mountpoint)
+                        .status();
+                }
             }
+        }
+        let deadline = std::time::Instant::now() + UNMOUNT_WAIT;
+        while !self.thread.is_finished() {
+            if std::time::Instant::now() > deadline {
+                tracing::warn!("FUSE session still referenced by open files; exiting anyway");
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         self.thread
             .join()
             .map_err(|_| std::io::Error::other("FUSE session thread panicked"))?
     }
 }
+
+/// How long an unmount waits for the kernel to release the session.
+const UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     let meta = std::fs::metadata(path).map_err(|_| MountError::Missing(path.to_path_buf()))?;
