@@ -4,24 +4,13 @@
 
 mod common;
 
-use adlsfs::commands::upload::upload_file;
 use common::mount::Mount;
-use common::{adlsfs_bin, pattern, Azurite};
+use common::{adlsfs_bin, pattern, put_file, rt, Azurite};
 use std::fs;
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn put_file(store: &adlsfs::storage::azure::AzureStore, name: &str, data: &[u8]) {
-    let tmp = tempfile::NamedTempFile::new().unwrap();
-    fs::write(tmp.path(), data).unwrap();
-    rt().block_on(upload_file(store, tmp.path(), name)).unwrap();
-}
 
 /// Sizes of the complete entries in the cache.
 fn entries(cache: &Path) -> Vec<u64> {

@@ -3,13 +3,12 @@
 
 mod common;
 
-use adlsfs::commands::upload::upload_file;
 use adlsfs::digest::{xxh3_128, XXH3_METADATA_KEY};
 use adlsfs::storage::azure::AzureStore;
 use adlsfs::storage::{BlobStore, Metadata};
 use bytes::Bytes;
 use common::mount::Mount;
-use common::{pattern, Azurite};
+use common::{pattern, put_file, rt, with_digest, Azurite};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -17,24 +16,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn with_digest(data: &[u8]) -> Metadata {
-    Metadata::from([(XXH3_METADATA_KEY.to_string(), xxh3_128(data).to_base64())])
-}
-
 fn put(store: &AzureStore, name: &str, data: &[u8]) {
     rt().block_on(store.put(name, Bytes::from(data.to_vec()), &with_digest(data)))
         .unwrap_or_else(|e| panic!("put {name}: {e}"));
-}
-
-/// Uploads a large file through a temporary file (block upload, digest in metadata).
-fn put_large(store: &AzureStore, name: &str, data: &[u8]) {
-    let tmp = tempfile::NamedTempFile::new().unwrap();
-    fs::write(tmp.path(), data).unwrap();
-    rt().block_on(upload_file(store, tmp.path(), name)).unwrap();
 }
 
 /// Relative path → size of every regular file under `root`, walked with plain std::fs.
@@ -100,7 +84,7 @@ fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
     for (name, data) in &fixtures {
         put(&store, name, data);
     }
-    put_large(&store, "big/blob.bin", &big);
+    put_file(&store, "big/blob.bin", &big);
     fixtures.insert("big/blob.bin".into(), big);
 
     let cache = tempfile::tempdir().unwrap();
@@ -234,8 +218,8 @@ fn sixteen_cold_readers_cause_one_download() {
     let azurite = Azurite::start_logged();
     let (container, store) = rt().block_on(azurite.new_container());
     let data = pattern(40 << 20, 2);
-    put_large(&store, "shared.bin", &data);
-    put_large(&store, "alone.bin", &data);
+    put_file(&store, "shared.bin", &data);
+    put_file(&store, "alone.bin", &data);
     let cache = tempfile::tempdir().unwrap();
     // Native, so the count is of adlsfs's own ranged GETs (azcopy has its own test).
     let mount = Mount::start(
@@ -274,7 +258,7 @@ fn sixteen_cold_readers_cause_one_download() {
 fn ls_of_another_directory_returns_while_a_large_download_runs() {
     let azurite = Azurite::start();
     let (container, store) = rt().block_on(azurite.new_container());
-    put_large(&store, "slow/big.bin", &pattern(192 << 20, 4));
+    put_file(&store, "slow/big.bin", &pattern(192 << 20, 4));
     for i in 0..20 {
         put(&store, &format!("other/f{i}"), b"x");
     }
@@ -367,7 +351,7 @@ fn remount_reuses_the_cache_without_downloading_again() {
     let azurite = Azurite::start_logged();
     let (container, store) = rt().block_on(azurite.new_container());
     let data = pattern(20 << 20, 9);
-    put_large(&store, "model.bin", &data);
+    put_file(&store, "model.bin", &data);
     let cache = tempfile::tempdir().unwrap();
     let location = format!("adls://devstoreaccount1/{container}");
 

@@ -3,24 +3,15 @@
 
 mod common;
 
-use adlsfs::digest::{xxh3_128, XXH3_METADATA_KEY};
 use adlsfs::metrics::sample;
-use adlsfs::storage::{BlobStore, Metadata};
+use adlsfs::storage::BlobStore;
 use bytes::Bytes;
 use common::mount::{is_mounted, Mount};
-use common::{adlsfs_bin, pattern, Azurite};
+use common::{adlsfs_bin, pattern, rt, with_digest, Azurite};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn with_digest(data: &[u8]) -> Metadata {
-    Metadata::from([(XXH3_METADATA_KEY.to_string(), xxh3_128(data).to_base64())])
-}
 
 fn adlsfs(azurite: &Azurite, args: &[&str]) -> Output {
     Command::new(adlsfs_bin())

@@ -235,3 +235,29 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A runtime for synchronous tests that set up fixtures with the async store.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// User metadata carrying `data`'s xxh3_128, as adlsfs upload and thds.adls write it.
+pub fn with_digest(data: &[u8]) -> adlsfs::storage::Metadata {
+    adlsfs::storage::Metadata::from([(
+        adlsfs::digest::XXH3_METADATA_KEY.to_string(),
+        adlsfs::digest::xxh3_128(data).to_base64(),
+    )])
+}
+
+/// Uploads `data` through a temporary file like `adlsfs upload` (block upload when
+/// large, digest in metadata).
+pub fn put_file(store: &AzureStore, name: &str, data: &[u8]) {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), data).unwrap();
+    rt().block_on(adlsfs::commands::upload::upload_file(
+        store,
+        tmp.path(),
+        name,
+    ))
+    .unwrap_or_else(|e| panic!("uploading {name}: {e}"));
+}
