@@ -12,7 +12,7 @@ use crate::fuse::session::{self, MountConfig};
 use crate::fuse::FuseAdapter;
 use crate::metrics::Metrics;
 use crate::storage::azure::AzureStore;
-use crate::storage::BlobStore;
+use crate::storage::{BlobStore, RetryPolicy};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,7 +40,8 @@ pub fn run_mount(args: MountArgs, ready: Option<Box<dyn ReadyNotifier>>) -> Resu
     // Check the mountpoint before anything slow, so the error is immediate.
     session::check_mountpoint(&args.mountpoint)?;
     let runtime = runtime()?;
-    let azure = Arc::new(args.storage.to_config().connect(&args.location)?);
+    let storage = args.storage.to_config();
+    let azure = Arc::new(storage.connect(&args.location)?);
     let store: Arc<dyn BlobStore> = azure.clone();
     // Fail at mount time, not at first access, when the location is wrong or unreadable.
     runtime
@@ -60,6 +61,7 @@ pub fn run_mount(args: MountArgs, ready: Option<Box<dyn ReadyNotifier>>) -> Resu
     let fetcher = build_fetcher(
         &opts.fetch,
         &opts.cache.cache_dir,
+        storage.retry,
         Arc::clone(&store),
         azure,
     );
@@ -243,6 +245,7 @@ async fn start_metrics_servers(
 pub fn build_fetcher(
     opts: &FetchArgs,
     cache_dir: &Path,
+    retry: RetryPolicy,
     store: Arc<dyn BlobStore>,
     azure: Arc<AzureStore>,
 ) -> Arc<dyn Fetcher> {
@@ -251,6 +254,7 @@ pub fn build_fetcher(
         NativeConfig {
             chunk_size: opts.native_chunk_size,
             parallelism: opts.native_parallelism,
+            retry,
         },
     ));
     let azcopy = match opts.fetcher {

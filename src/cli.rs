@@ -130,6 +130,9 @@ pub struct StorageArgs {
     /// Give up on a storage request after retrying transient faults for this long
     #[arg(long, env = "ADLSFS_RETRY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub retry_timeout: Duration,
+    /// Abandon (and retry) a response that sends nothing for this long
+    #[arg(long, env = "ADLSFS_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
 }
 
 impl StorageArgs {
@@ -138,7 +141,10 @@ impl StorageArgs {
             endpoint: self.endpoint.clone(),
             credentials_file: self.credentials_file.clone(),
             anonymous: self.anonymous,
-            retry: RetryPolicy::with_budget(self.retry_timeout),
+            retry: RetryPolicy {
+                read_timeout: self.read_timeout,
+                ..RetryPolicy::with_budget(self.retry_timeout)
+            },
         }
     }
 }

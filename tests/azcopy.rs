@@ -402,6 +402,7 @@ async fn native_progress_reaches_the_total() {
         NativeConfig {
             chunk_size: 1 << 20,
             parallelism: 3,
+            ..NativeConfig::default()
         },
     );
     let dir = tempfile::tempdir().unwrap();

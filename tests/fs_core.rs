@@ -68,6 +68,7 @@ impl Mount {
             NativeConfig {
                 chunk_size: CHUNK,
                 parallelism: 4,
+                ..NativeConfig::default()
             },
         ));
         let location: Location = location.parse().unwrap();

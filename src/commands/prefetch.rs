@@ -157,7 +157,8 @@ impl ProgressSink for Progress {
 }
 
 async fn prefetch(args: PrefetchArgs) -> Result<()> {
-    let azure = Arc::new(args.storage.to_config().connect(&args.location)?);
+    let storage = args.storage.to_config();
+    let azure = Arc::new(storage.connect(&args.location)?);
     let store: Arc<dyn BlobStore> = azure.clone();
     let all = list_all(store.as_ref(), &args.location).await?;
     let (files, unmatched) = select(all, &args.paths);
@@ -190,6 +191,7 @@ async fn prefetch(args: PrefetchArgs) -> Result<()> {
     let fetcher = crate::app::build_fetcher(
         &args.fetch,
         &args.cache.cache_dir,
+        storage.retry,
         Arc::clone(&store),
         azure,
     );

@@ -12,7 +12,7 @@
 
 use super::{FetchError, FetchReport, Fetcher, ProgressSink, StreamedDigests};
 use crate::digest::{Md5Digest, Xxh3Hasher};
-use crate::storage::{BlobMeta, BlobStore, StorageError};
+use crate::storage::{jittered, BlobMeta, BlobStore, RetryPolicy, StorageError};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -33,6 +33,9 @@ pub struct NativeConfig {
     pub chunk_size: u64,
     /// GETs in flight.
     pub parallelism: usize,
+    /// How long a range keeps being retried after transient faults (a broken or stalled
+    /// connection, a short body, throttling, server errors); it resumes where it stopped.
+    pub retry: RetryPolicy,
 }
 
 impl Default for NativeConfig {
@@ -41,6 +44,7 @@ impl Default for NativeConfig {
         Self {
             chunk_size: 32 << 20,
             parallelism: 8,
+            retry: RetryPolicy::default(),
         }
     }
 }
@@ -68,6 +72,120 @@ impl NativeFetcher {
         (0..size.div_ceil(chunk))
             .map(|i| i * chunk..((i + 1) * chunk).min(size))
             .collect()
+    }
+}
+
+impl NativeFetcher {
+    /// Downloads one range into place, resuming after transient faults from the first
+    /// byte not yet written, until the retry budget is spent.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_range(
+        &self,
+        meta: &BlobMeta,
+        index: usize,
+        range: Range<u64>,
+        file: &Arc<File>,
+        written: &Written,
+        dest: &Path,
+        on_written: &(dyn Fn(u64) + Sync),
+    ) -> Result<(), FetchError> {
+        let policy = self.config.retry;
+        let started = std::time::Instant::now();
+        let mut backoff = policy.initial_backoff;
+        let mut offset = range.start;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err = match self
+                .stream_into(
+                    meta,
+                    index,
+                    offset..range.end,
+                    file,
+                    written,
+                    dest,
+                    on_written,
+                    &mut offset,
+                )
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let transient = matches!(&err, FetchError::Storage(e) if e.is_transient());
+            let wait = jittered(backoff);
+            if !transient || started.elapsed() + wait >= policy.budget {
+                if transient {
+                    tracing::warn!(blob = %meta.name, range = ?range, attempts, error = %err, "giving up on a range: retry budget spent");
+                }
+                return Err(err);
+            }
+            tracing::info!(blob = %meta.name, resume_at = offset, attempt = attempts, error = %err, "transient fault; resuming the range");
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(policy.max_backoff);
+        }
+    }
+
+    /// One GET of `range`, streamed to disk; `offset` tracks the first byte not written.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_into(
+        &self,
+        meta: &BlobMeta,
+        index: usize,
+        range: Range<u64>,
+        file: &Arc<File>,
+        written: &Written,
+        dest: &Path,
+        on_written: &(dyn Fn(u64) + Sync),
+        offset: &mut u64,
+    ) -> Result<(), FetchError> {
+        let mut body = self
+            .store
+            .read_stream(&meta.name, Some(range.clone()), &meta.etag)
+            .await?;
+        let mut batch = BytesMut::new();
+        loop {
+            let piece = match body.next().await.transpose() {
+                Ok(piece) => piece,
+                Err(e) => {
+                    // Keep what arrived before the fault: the retry resumes after it.
+                    if !batch.is_empty() {
+                        let data = batch.split().freeze();
+                        let n = data.len() as u64;
+                        write_batch(file, data, *offset, dest).await?;
+                        *offset += n;
+                        written.add(index, n);
+                        on_written(n);
+                    }
+                    return Err(e.into());
+                }
+            };
+            if let Some(piece) = &piece {
+                if *offset + (batch.len() + piece.len()) as u64 > range.end {
+                    return Err(short_body(meta, &range, "more bytes than asked for"));
+                }
+                batch.extend_from_slice(piece);
+            }
+            if batch.len() >= WRITE_BATCH || (piece.is_none() && !batch.is_empty()) {
+                let data = batch.split().freeze();
+                let n = data.len() as u64;
+                write_batch(file, data, *offset, dest).await?;
+                *offset += n;
+                written.add(index, n);
+                on_written(n);
+            }
+            if piece.is_none() {
+                break;
+            }
+        }
+        if *offset != range.end {
+            return Err(short_body(
+                meta,
+                &range,
+                &format!("the body ended after {} bytes", *offset - range.start),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -148,41 +266,11 @@ impl Fetcher for NativeFetcher {
             .map(|(index, range)| {
                 let (file, written) = (Arc::clone(&file), Arc::clone(&written));
                 async move {
-                    let mut body = self
-                        .store
-                        .read_stream(&meta.name, Some(range.clone()), &meta.etag)
-                        .await?;
-                    let mut offset = range.start;
-                    let mut batch = BytesMut::new();
-                    loop {
-                        let piece = body.next().await.transpose()?;
-                        if let Some(piece) = &piece {
-                            if offset + (batch.len() + piece.len()) as u64 > range.end {
-                                return Err(short_body(meta, &range, "more bytes than asked for"));
-                            }
-                            batch.extend_from_slice(piece);
-                        }
-                        if batch.len() >= WRITE_BATCH || (piece.is_none() && !batch.is_empty()) {
-                            let data = batch.split().freeze();
-                            let n = data.len() as u64;
-                            write_batch(&file, data, offset, dest).await?;
-                            offset += n;
-                            written.add(index, n);
-                            let now = total.fetch_add(n, Ordering::SeqCst) + n;
-                            progress.progress(&meta.name, now, meta.size);
-                        }
-                        if piece.is_none() {
-                            break;
-                        }
-                    }
-                    if offset != range.end {
-                        return Err(short_body(
-                            meta,
-                            &range,
-                            &format!("the body ended after {} bytes", offset - range.start),
-                        ));
-                    }
-                    Ok(())
+                    self.fetch_range(meta, index, range, &file, &written, dest, &|n| {
+                        let now = total.fetch_add(n, Ordering::SeqCst) + n;
+                        progress.progress(&meta.name, now, meta.size);
+                    })
+                    .await
                 }
             })
             .buffer_unordered(self.config.parallelism.max(1))
@@ -339,6 +427,7 @@ mod tests {
             NativeConfig {
                 chunk_size,
                 parallelism,
+                ..NativeConfig::default()
             },
         )
     }
@@ -372,6 +461,7 @@ mod tests {
             NativeConfig {
                 chunk_size: 1 << 20,
                 parallelism: 3,
+                ..NativeConfig::default()
             },
         );
         let dir = tempfile::tempdir().unwrap();

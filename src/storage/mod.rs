@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-pub use retry::RetryPolicy;
+pub use retry::{jittered, RetryPolicy};
 
 /// User metadata of a blob (`x-ms-meta-*`), keys as stored.
 pub type Metadata = BTreeMap<String, String>;

@@ -11,6 +11,9 @@ pub struct RetryPolicy {
     pub budget: Duration,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Longest wait for the next piece of a response body: a stalled connection is
+    /// abandoned (and retried) after this long.
+    pub read_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -19,6 +22,7 @@ impl Default for RetryPolicy {
             budget: Duration::from_secs(30),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(8),
+            read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -60,7 +64,7 @@ impl RetryPolicy {
 }
 
 /// Full jitter: a uniformly random wait in [backoff/2, backoff].
-fn jittered(backoff: Duration) -> Duration {
+pub fn jittered(backoff: Duration) -> Duration {
     let half = backoff / 2;
     half + half.mul_f64(fastrand::f64())
 }
@@ -100,6 +104,7 @@ mod tests {
             budget: Duration::from_secs(5),
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
+            ..RetryPolicy::default()
         };
         let v = policy
             .run(|| async {
@@ -134,6 +139,7 @@ mod tests {
             budget: Duration::from_millis(300),
             initial_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(50),
+            ..RetryPolicy::default()
         };
         let start = Instant::now();
         let err = policy

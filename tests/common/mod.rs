@@ -6,6 +6,7 @@
 
 pub mod conformance;
 pub mod mount;
+pub mod proxy;
 
 use adlsfs::storage::azure::{AzureConfig, AzureStore};
 use adlsfs::storage::credentials::{Credential, Secret, EMULATOR_ACCOUNT, EMULATOR_KEY};

@@ -105,7 +105,8 @@ impl AzureStore {
         let allow_http = config.endpoint.scheme() == "http";
         let client_options = ClientOptions::new()
             .with_allow_http(allow_http)
-            .with_connect_timeout(CONNECT_TIMEOUT);
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_read_timeout(config.retry.read_timeout);
         let retry = RetryConfig {
             backoff: BackoffConfig {
                 init_backoff: config.retry.initial_backoff,
