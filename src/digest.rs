@@ -211,3 +211,22 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn metadata_digests_decode_or_error_without_panicking(text in ".{0,64}") {
+            let _ = Xxh3Digest::from_base64(&text);
+        }
+
+        #[test]
+        fn digests_round_trip_through_base64(bytes in proptest::array::uniform16(any::<u8>())) {
+            let d = Xxh3Digest(bytes);
+            prop_assert_eq!(Xxh3Digest::from_base64(&d.to_base64()).unwrap(), d);
+        }
+    }
+}

@@ -321,3 +321,29 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_input_parses_or_errors_without_panicking(input in ".{0,200}") {
+            let _ = input.parse::<Location>();
+        }
+
+        #[test]
+        fn valid_locations_round_trip_through_display(
+            account in "[a-z0-9]{3,24}",
+            container in "[a-z0-9]{3,20}",
+            prefix in proptest::collection::vec("[A-Za-z0-9 _.%#+-]{1,12}", 0..4),
+        ) {
+            let prefix: Vec<String> = prefix.into_iter().filter(|s| s != "." && s != "..").collect();
+            let text = format!("adls://{account}/{container}/{}", prefix.join("/"));
+            let parsed: Location = text.parse().unwrap();
+            prop_assert_eq!(parsed.to_string().parse::<Location>().unwrap(), parsed.clone());
+            prop_assert_eq!(parsed.prefix, prefix.join("/"));
+        }
+    }
+}

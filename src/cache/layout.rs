@@ -243,3 +243,45 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Component;
+
+    /// Blob names built from hostile pieces: dot segments, empty segments, control
+    /// characters, backslashes, percent signs and very long runs.
+    fn hostile_name() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            Just(String::new()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            "[\\\\a-z%.\u{1}\u{7f} ]{1,20}",
+            "x{200,1000}",
+            ".{0,30}",
+        ];
+        proptest::collection::vec(segment, 1..6).prop_map(|s| s.join("/"))
+    }
+
+    proptest! {
+        #[test]
+        fn no_blob_name_escapes_the_cache(blob in hostile_name(), etag in ".{0,80}") {
+            let layout = Layout::new("/cache");
+            let base = layout.entries_dir().join("acct").join("box");
+            let key = EntryKey { account: "acct".into(), container: "box".into(), blob, etag };
+            let path = layout.entry_path(&key);
+            prop_assert!(path.starts_with(&base));
+            for c in path.strip_prefix(&base).unwrap().components() {
+                prop_assert!(matches!(c, Component::Normal(_)), "{:?}", path);
+                prop_assert!(c.as_os_str().len() <= 255, "{:?}", path);
+            }
+        }
+
+        #[test]
+        fn distinct_segments_map_to_distinct_names(a in ".{0,300}", b in ".{0,300}") {
+            prop_assume!(a != b);
+            prop_assert_ne!(map_segment(&a), map_segment(&b));
+        }
+    }
+}

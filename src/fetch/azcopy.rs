@@ -363,8 +363,9 @@ impl Job {
                 }
                 self.failed = summary.failed.parse().unwrap_or(self.failed);
                 let bytes: u64 = summary.bytes.parse().unwrap_or(self.bytes);
+                // A lower figure (out-of-order output) never moves progress backwards.
                 let grew = bytes > self.bytes;
-                self.bytes = bytes;
+                self.bytes = self.bytes.max(bytes);
                 if message.kind == "EndOfJob" {
                     self.end_status = Some(summary.status);
                     return true;
@@ -440,5 +441,30 @@ mod tests {
         assert!(!job.observe(err));
         assert_eq!(job.errors, ["Cannot perform copy due to error: 403"]);
         assert!(!job.observe("not json at all"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_output_line_is_parsed_without_panicking(line in ".{0,300}") {
+            Job::default().observe(&line);
+        }
+
+        #[test]
+        fn progress_never_goes_backwards(bytes in proptest::collection::vec(0u64..1_000_000, 1..20)) {
+            let mut job = Job::default();
+            let mut high = 0;
+            for b in bytes {
+                let line = format!(r#"{{"MessageType":"Progress","MessageContent":"{{\"TotalBytesTransferred\":\"{b}\"}}"}}"#);
+                let grew = job.observe(&line);
+                prop_assert_eq!(grew, b > high);
+                high = high.max(b);
+            }
+        }
     }
 }

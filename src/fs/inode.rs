@@ -293,3 +293,44 @@ fn is_folder_marker(meta: &BlobMeta) -> bool {
             .get("hdi_isfolder")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn meta(name: String) -> BlobMeta {
+        BlobMeta {
+            name,
+            size: 1,
+            last_modified: std::time::SystemTime::UNIX_EPOCH,
+            etag: "\"e\"".into(),
+            content_md5: None,
+            metadata: Default::default(),
+        }
+    }
+
+    proptest! {
+        /// Whatever names a listing returns, the directory shows only names a POSIX
+        /// filesystem can hold, and never panics.
+        #[test]
+        fn listings_only_ever_show_valid_names(
+            files in proptest::collection::vec("(\\.|\\.\\.|[a-z\\\\/\u{1}]{0,8}|x{250,300})", 0..20),
+            dirs in proptest::collection::vec("(\\.|\\.\\.|[a-z/]{0,6}|y{250,300})", 0..10),
+        ) {
+            let mut table = InodeTable::new("p/");
+            let listing = DirListing {
+                files: files.into_iter().map(|f| meta(format!("p/{f}"))).filter(|m| !m.name[2..].contains('/')).collect(),
+                dirs: dirs.into_iter().map(|d| format!("p/{d}/")).filter(|d| !d[2..d.len() - 1].contains('/')).collect(),
+            };
+            table.apply_listing(ROOT_INO, listing, Instant::now());
+            let Some(NodeKind::Dir(DirNode { children: Some(c), .. })) = table.get(ROOT_INO).map(|n| &n.kind) else {
+                panic!("root lost its listing");
+            };
+            for name in c.entries.keys() {
+                prop_assert!(!name.is_empty() && name != "." && name != "..");
+                prop_assert!(!name.contains('/') && !name.contains('\0') && name.len() <= 255);
+            }
+        }
+    }
+}

@@ -209,3 +209,18 @@ mod tests {
         assert!(page.next_marker.is_none() && page.blobs.is_empty());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_response_body_parses_or_errors_without_panicking(body in ".{0,400}") {
+            let _ = parse_list_page(&body);
+            let xml = format!("<EnumerationResults><Blobs><Blob><Name>{body}</Name></Blob></Blobs></EnumerationResults>");
+            let _ = parse_list_page(&xml);
+        }
+    }
+}
