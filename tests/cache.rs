@@ -366,3 +366,60 @@ fn cache_gc_evicts_down_to_the_given_bound() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an adlsfs cache directory"));
 }
+
+#[test]
+fn a_cache_directory_deleted_or_made_read_only_while_mounted_recovers() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    let files: Vec<Vec<u8>> = (0..3).map(|i| pattern(2 << 20, 80 + i)).collect();
+    for (i, data) in files.iter().enumerate() {
+        put_file(&store, &format!("n{i}.bin"), data);
+    }
+    let disk = SmallDisk::new("64M");
+    let cache = disk.path().join("cache");
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        &cache,
+        &["--fetcher", "native"],
+    );
+    let mut held = fs::File::open(mount.path().join("n0.bin")).unwrap();
+
+    // Read-only: opens that need the cache fail clearly, open files keep working.
+    let remount = |mode: &str| {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(disk.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "remount {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    remount("ro");
+    let err = fs::read(mount.path().join("n1.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        mount.log().contains("Read-only file system"),
+        "{}",
+        mount.log()
+    );
+    let mut got = Vec::new();
+    held.read_to_end(&mut got).unwrap();
+    assert!(
+        got == files[0],
+        "a file open before the fault keeps working"
+    );
+
+    // Writable again: the same open succeeds, nothing restarted.
+    remount("rw");
+    assert!(fs::read(mount.path().join("n1.bin")).unwrap() == files[1]);
+
+    // Deleted under the mount: the next open recreates it.
+    drop(held);
+    fs::remove_dir_all(&cache).unwrap();
+    assert!(fs::read(mount.path().join("n2.bin")).unwrap() == files[2]);
+    assert!(cache.join("v1").is_dir());
+}

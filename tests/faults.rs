@@ -300,3 +300,146 @@ fn a_stalled_azcopy_is_killed_and_the_file_is_fetched_natively() {
     );
     assert!(log.contains("fetcher=\"native\""), "{log}");
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb / 1024
+}
+
+/// The short soak: 32 readers over 200 files of mixed sizes, 5% of ranged GETs broken, a
+/// cache smaller than the working set and a short TTL so listings, downloads and evictions
+/// all keep churning.
+#[test]
+fn soak_32_readers_200_files_with_5_percent_faults() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    let sizes: Vec<usize> = (0..200)
+        .map(|i| match i % 10 {
+            0 => 4 << 20,
+            1..=4 => 256 << 10,
+            _ => 4 << 10,
+        })
+        .collect();
+    let digests: Vec<_> = rt().block_on(async {
+        use futures::stream::{self, StreamExt};
+        stream::iter(sizes.iter().enumerate())
+            .map(|(i, &size)| {
+                let store = &store;
+                async move {
+                    let data = pattern(size, 1000 + i as u64);
+                    store
+                        .put(
+                            &format!("soak/f{i:03}"),
+                            Bytes::from(data.clone()),
+                            &with_digest(&data),
+                        )
+                        .await
+                        .unwrap();
+                    adlsfs::digest::xxh3_128(&data)
+                }
+            })
+            .buffered(16)
+            .collect()
+            .await
+    });
+    let proxy = FaultProxy::start(azurite.port);
+    let cache = tempfile::tempdir().unwrap();
+    let mount = mount_via(
+        &azurite,
+        &proxy,
+        &container,
+        cache.path(),
+        &[
+            "--fetcher",
+            "native",
+            "--cache-size",
+            "24M",
+            "--metadata-ttl",
+            "1s",
+            "--read-timeout",
+            "2s",
+        ],
+    );
+    let pid = mount.pid();
+    // Warm up once so the counts below compare like with like.
+    std::fs::read(mount.path().join("soak/f000")).unwrap();
+    let fds_before = open_fds(pid);
+    proxy.chaos(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let digests = Arc::new(digests);
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let (root, digests) = (mount.path(), Arc::clone(&digests));
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while Instant::now() < deadline {
+                    let i = fastrand::usize(0..200);
+                    let got = match std::fs::read(root.join(format!("soak/f{i:03}"))) {
+                        Ok(got) => got,
+                        Err(e) => return Err(format!("reading f{i:03}: {e}")),
+                    };
+                    assert_eq!(
+                        adlsfs::digest::xxh3_128(&got),
+                        digests[i],
+                        "wrong bytes in f{i:03}"
+                    );
+                    reads += 1;
+                }
+                Ok(reads)
+            })
+        })
+        .collect();
+    let results: Vec<Result<usize, String>> =
+        readers.into_iter().map(|r| r.join().unwrap()).collect();
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        let log = mount.log();
+        let blob = e
+            .split(' ')
+            .nth(1)
+            .unwrap_or("")
+            .trim_end_matches(':')
+            .to_string();
+        let errors: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("soak/{blob}")) || l.contains("evicted"))
+            .take(30)
+            .collect();
+        panic!("{e}\n{}", errors.join("\n"));
+    }
+    let reads: usize = results.into_iter().map(|r| r.unwrap()).sum();
+    proxy.clear();
+    assert!(reads > 200, "only {reads} reads in the soak");
+    let injected = proxy.chaos_injected();
+    assert!(
+        injected >= 5,
+        "the soak must actually meet faults: {injected} injected"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let fds_after = open_fds(pid);
+    assert!(
+        fds_after <= fds_before + 8,
+        "file descriptors grew: {fds_before} -> {fds_after}"
+    );
+    assert!(
+        peak_rss_mib(pid) <= 256,
+        "peak RSS {} MiB",
+        peak_rss_mib(pid)
+    );
+    assert_eq!(
+        std::fs::read_dir(cache.path().join("tmp")).unwrap().count(),
+        0,
+        "temporaries left"
+    );
+    eprintln!("soak: {reads} verified reads, {injected} faults injected, fds {fds_before} -> {fds_after}, peak RSS {} MiB", peak_rss_mib(pid));
+}

@@ -108,12 +108,7 @@ impl Cache {
         bounds: Bounds,
     ) -> Result<Self, CacheError> {
         let layout = Layout::new(root);
-        for dir in [
-            layout.root().to_path_buf(),
-            layout.entries_dir(),
-            layout.tmp_dir(),
-            layout.locks_dir(),
-        ] {
+        for dir in cache_dirs(&layout) {
             create_private_dir(&dir)?;
         }
         let started = Instant::now();
@@ -191,25 +186,11 @@ impl Cache {
         meta: &BlobMeta,
         fetcher: &dyn Fetcher,
     ) -> Result<(File, CachedFile), CacheError> {
-        // An entry evicted between being found and being opened is fetched again, once.
-        for attempt in 0..2 {
-            let cached = self.get_or_fetch(key, meta, fetcher).await?;
-            let path = cached.path.clone();
-            let opened = tokio::task::spawn_blocking(move || -> std::io::Result<File> {
-                let file = File::open(&path)?;
-                file.lock_shared()?;
-                entry::touch(&file, file.metadata()?.modified()?);
-                Ok(file)
-            })
-            .await
-            .expect("open task panicked");
-            match opened {
-                Ok(file) => return Ok((file, cached)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt == 0 => continue,
-                Err(e) => return Err(CacheError::Fetch(FetchError::io(&cached.path, e))),
-            }
+        let (cached, file) = self.get_or_fetch_locked(key, meta, fetcher).await?;
+        if let Ok(modified) = file.metadata().and_then(|m| m.modified()) {
+            entry::touch(&file, modified);
         }
-        unreachable!("the loop returns on its second attempt")
+        Ok((file, cached))
     }
 
     /// The verified cache file for `key`, downloading it with `fetcher` when absent.
@@ -219,6 +200,17 @@ impl Cache {
         meta: &BlobMeta,
         fetcher: &dyn Fetcher,
     ) -> Result<CachedFile, CacheError> {
+        Ok(self.get_or_fetch_locked(key, meta, fetcher).await?.0)
+    }
+
+    /// [`Cache::get_or_fetch`], with the file open and shared-locked from the moment it is
+    /// found or published: eviction can never remove it before the caller has it.
+    async fn get_or_fetch_locked(
+        &self,
+        key: &EntryKey,
+        meta: &BlobMeta,
+        fetcher: &dyn Fetcher,
+    ) -> Result<(CachedFile, File), CacheError> {
         let path = self.layout.entry_path(key);
         if let Some(hit) = lookup(&path, meta.size) {
             self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +226,8 @@ impl Cache {
             if let Some(hit) = lookup(&path, meta.size) {
                 return Ok(hit);
             }
+            // The directory may have been deleted under a running mount: recreate it.
+            ensure_dirs(&self.layout)?;
             let lock_path = self.layout.entry_lock_path(key);
             let lock = tokio::task::spawn_blocking(move || lock_exclusive(&lock_path))
                 .await
@@ -333,7 +327,7 @@ impl Cache {
         meta: &BlobMeta,
         fetcher: &dyn Fetcher,
         final_path: &Path,
-    ) -> Result<CachedFile, CacheError> {
+    ) -> Result<(CachedFile, File), CacheError> {
         self.make_room(&meta.name, meta.size).await?;
         self.reserved.fetch_add(meta.size, Ordering::SeqCst);
         self.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -375,7 +369,7 @@ impl Cache {
         meta: &BlobMeta,
         fetcher: &dyn Fetcher,
         final_path: &Path,
-    ) -> Result<CachedFile, CacheError> {
+    ) -> Result<(CachedFile, File), CacheError> {
         let tmp = self.new_temporary(key)?;
         let started = Instant::now();
         let result = async {
@@ -410,12 +404,14 @@ impl Cache {
                 etag: Some(key.etag.clone()),
                 xxh3: Some(verified.xxh3),
             };
+            // Held from before the rename, so eviction cannot take it before our reader.
+            let held = open_shared(&tmp).map_err(|e| FetchError::io(&tmp, e))?;
             publish(&tmp, final_path, &attrs)?;
-            Ok((verified, report))
+            Ok((verified, report, held))
         }
         .await;
         match result {
-            Ok((verified, report)) => {
+            Ok((verified, report, held)) => {
                 self.metrics.record_fetch(
                     report.fetcher,
                     meta.size,
@@ -429,11 +425,12 @@ impl Cache {
                     seconds = started.elapsed().as_secs_f64(),
                     "materialised"
                 );
-                Ok(CachedFile {
+                let cached = CachedFile {
                     path: final_path.to_path_buf(),
                     xxh3: Some(verified.xxh3),
                     fetched: true,
-                })
+                };
+                Ok((cached, held))
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
@@ -494,6 +491,25 @@ impl Cache {
     }
 }
 
+fn cache_dirs(layout: &Layout) -> [PathBuf; 4] {
+    [
+        layout.root().to_path_buf(),
+        layout.entries_dir(),
+        layout.tmp_dir(),
+        layout.locks_dir(),
+    ]
+}
+
+/// Recreates whichever of the cache's directories went missing.
+fn ensure_dirs(layout: &Layout) -> Result<(), CacheError> {
+    for dir in cache_dirs(layout) {
+        if !dir.is_dir() {
+            create_private_dir(&dir)?;
+        }
+    }
+    Ok(())
+}
+
 fn lock_id(layout: &Layout, key: &EntryKey) -> String {
     layout
         .entry_lock_path(key)
@@ -503,17 +519,27 @@ fn lock_id(layout: &Layout, key: &EntryKey) -> String {
         .into_owned()
 }
 
-/// A complete entry at `path`, if there is one of the expected size.
-fn lookup(path: &Path, size: u64) -> Option<CachedFile> {
-    let meta = fs::metadata(path).ok()?;
+/// Opens `path` for reading with a shared lock, which keeps eviction away from it.
+fn open_shared(path: &Path) -> std::io::Result<File> {
+    let file = File::open(path)?;
+    file.lock_shared()?;
+    Ok(file)
+}
+
+/// A complete entry at `path`, if there is one of the expected size, opened and
+/// shared-locked (an entry evicted meanwhile is simply not found).
+fn lookup(path: &Path, size: u64) -> Option<(CachedFile, File)> {
+    let file = open_shared(path).ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() || meta.len() != size {
         return None;
     }
-    Some(CachedFile {
+    let cached = CachedFile {
         path: path.to_path_buf(),
         xxh3: entry::read_digest(path),
         fetched: false,
-    })
+    };
+    Some((cached, file))
 }
 
 fn lock_exclusive(path: &Path) -> Result<File, CacheError> {

@@ -37,7 +37,22 @@ struct Rule {
 }
 
 #[derive(Clone, Default)]
-pub struct Rules(Arc<Mutex<Vec<Rule>>>);
+pub struct Rules(
+    Arc<Mutex<Vec<Rule>>>,
+    Arc<Mutex<u32>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
+
+/// Faults drawn at random in chaos mode: all recoverable by retrying.
+fn random_fault() -> Fault {
+    match fastrand::u32(0..5) {
+        0 => Fault::ResetMidBody,
+        1 => Fault::CutShort,
+        2 => Fault::Status(503, Some(0)),
+        3 => Fault::Status(500, None),
+        _ => Fault::DelayFirstByte(Duration::from_millis(200)),
+    }
+}
 
 pub struct FaultProxy {
     pub port: u16,
@@ -99,6 +114,18 @@ impl FaultProxy {
 
     pub fn clear(&self) {
         self.rules.0.lock().unwrap().clear();
+        *self.rules.1.lock().unwrap() = 0;
+    }
+
+    /// Breaks this percentage of ranged GETs (not matched by a rule) with a random
+    /// recoverable fault.
+    pub fn chaos(&self, percent: u32) {
+        *self.rules.1.lock().unwrap() = percent;
+    }
+
+    /// Faults injected by chaos mode so far.
+    pub fn chaos_injected(&self) -> usize {
+        self.rules.2.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Requests seen whose line contains `needle`.
@@ -154,6 +181,8 @@ async fn serve(
     let path = request_line.split(' ').nth(1).unwrap_or("");
     let ranged = head.to_ascii_lowercase().contains("\r\nrange:")
         || head.to_ascii_lowercase().contains("\r\nx-ms-range:");
+    let percent = *rules.1.lock().unwrap();
+    let injected = Arc::clone(&rules.2);
     let fault = {
         let mut rules = rules.0.lock().unwrap();
         rules
@@ -167,6 +196,13 @@ async fn serve(
             .map(|r| {
                 r.remaining -= 1;
                 r.fault.clone()
+            })
+            .or_else(|| {
+                let hit = ranged && method == "GET" && fastrand::u32(0..100) < percent;
+                if hit {
+                    injected.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                hit.then(random_fault)
             })
     };
     if let Some(Fault::Status(status, retry_after)) = &fault {
