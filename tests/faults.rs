@@ -443,3 +443,74 @@ fn soak_32_readers_200_files_with_5_percent_faults() {
     );
     eprintln!("soak: {reads} verified reads, {injected} faults injected, fds {fds_before} -> {fds_after}, peak RSS {} MiB", peak_rss_mib(pid));
 }
+
+#[test]
+fn prefetch_through_faults_gets_every_file_right_or_names_it() {
+    let azurite = Azurite::start();
+    let (container, store) = rt().block_on(azurite.new_container());
+    let files: Vec<Vec<u8>> = (0..30)
+        .map(|i| pattern(300_000 + i * 1000, 90 + i as u64))
+        .collect();
+    for (i, data) in files.iter().enumerate() {
+        rt().block_on(store.put(
+            &format!("p/f{i:02}"),
+            Bytes::from(data.clone()),
+            &with_digest(data),
+        ))
+        .unwrap();
+    }
+    let proxy = FaultProxy::start(azurite.port);
+    proxy.chaos(20);
+    let cache = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::adlsfs_bin())
+        .args([
+            "prefetch",
+            &format!("adls://devstoreaccount1/{container}"),
+            "p",
+        ])
+        .arg("--cache-dir")
+        .arg(cache.path())
+        .args([
+            "--endpoint",
+            proxy.endpoint().as_str(),
+            "--fetcher",
+            "native",
+            "--native-chunk-size",
+            "64K",
+        ])
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            azurite.connection_string(),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("30 downloaded") && err.contains("0 failed"),
+        "{err}"
+    );
+    assert!(proxy.chaos_injected() > 0, "no fault met");
+    // Every cached byte is right: a mount reading them downloads nothing more.
+    proxy.clear();
+    let mount = Mount::start(
+        &azurite,
+        &format!("adls://devstoreaccount1/{container}"),
+        cache.path(),
+        &[],
+    );
+    for (i, data) in files.iter().enumerate() {
+        assert!(std::fs::read(mount.path().join(format!("p/f{i:02}"))).unwrap() == *data);
+    }
+    let stats = std::process::Command::new(common::adlsfs_bin())
+        .arg("stats")
+        .arg(mount.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert_eq!(
+        adlsfs::metrics::sample(&text, "adlsfs_cache_misses_total"),
+        Some(0.0),
+        "{text}"
+    );
+}
