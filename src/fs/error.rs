@@ -54,6 +54,9 @@ fn storage_errno(e: &StorageError) -> i32 {
     match e {
         StorageError::NotFound { .. } | StorageError::ContainerNotFound { .. } => libc::ENOENT,
         StorageError::Auth { .. } => libc::EACCES,
+        // The kernel answers ESTALE from open by looking the path up again (LOOKUP_REVAL)
+        // and retrying once: with the listing marked stale, that opens the new version.
+        StorageError::Changed { .. } => libc::ESTALE,
         _ => libc::EIO,
     }
 }

@@ -28,6 +28,8 @@ pub struct DirNode {
 #[derive(Debug, Clone)]
 pub struct Children {
     pub fetched: Instant,
+    /// Known to be out of date (a blob in it changed): list again at the next access.
+    pub stale: bool,
     pub entries: BTreeMap<String, Ino>,
     pub subdirs: u32,
 }
@@ -163,6 +165,7 @@ impl InodeTable {
             }
             d.children = Some(Children {
                 fetched: now,
+                stale: false,
                 entries,
                 subdirs,
             });
@@ -171,6 +174,19 @@ impl InodeTable {
         // the kernel or an open handle still refers to them; forget/release finish the rest.
         for ino in dropped {
             self.remove_if_unused(ino);
+        }
+    }
+
+    /// Marks a directory's listing out of date, so the next lookup lists it again.
+    pub fn invalidate(&mut self, dir: Ino) {
+        if let Some(Node {
+            kind: NodeKind::Dir(DirNode {
+                children: Some(c), ..
+            }),
+            ..
+        }) = self.nodes.get_mut(&dir)
+        {
+            c.stale = true;
         }
     }
 

@@ -75,6 +75,18 @@ pub struct OpenFile {
     pub file: Arc<File>,
 }
 
+/// The blob changed or disappeared since it was listed.
+fn changed_or_gone(e: &CacheError) -> bool {
+    use crate::fetch::FetchError;
+    use crate::storage::StorageError;
+    matches!(
+        e,
+        CacheError::Fetch(FetchError::Storage(
+            StorageError::Changed { .. } | StorageError::NotFound { .. }
+        ))
+    )
+}
+
 pub struct AdlsFs {
     location: Location,
     store: Arc<dyn BlobStore>,
@@ -125,7 +137,7 @@ impl AdlsFs {
                 None => Err(FsError::NotFound),
                 Some(NodeKind::File(_)) => Err(FsError::NotDir),
                 Some(NodeKind::Dir(d)) => Ok(match &d.children {
-                    Some(c) if c.fetched.elapsed() < self.config.metadata_ttl => None,
+                    Some(c) if !c.stale && c.fetched.elapsed() < self.config.metadata_ttl => None,
                     _ => Some(d.prefix.clone()),
                 }),
             }
@@ -319,7 +331,17 @@ impl AdlsFs {
             .cache
             .open_entry(&self.entry_key(&node), &node.meta, self.fetcher.as_ref())
             .await
-            .inspect_err(|e| self.log_failure(&node, e))?;
+            .inspect_err(|e| {
+                self.log_failure(&node, e);
+                if changed_or_gone(e) {
+                    // This inode's version is gone: the parent must be listed again.
+                    let mut table = self.table();
+                    let parent = table.get(ino).map(|n| n.parent);
+                    if let Some(parent) = parent {
+                        table.invalidate(parent);
+                    }
+                }
+            })?;
         if let Some(d) = cached.xxh3 {
             let _ = node.digest.set(d);
         }
