@@ -7,7 +7,7 @@ use std::ffi::OsString;
 
 /// Generic mount options that mean nothing more to adlsfs (it is always read-only,
 /// nodev and nosuid) or that mount(8)/systemd consume themselves.
-const IGNORED: [&str; 25] = [
+const IGNORED: [&str; 29] = [
     "ro",
     "rw",
     "dev",
@@ -33,8 +33,12 @@ const IGNORED: [&str; 25] = [
     "users",
     "nouser",
     "defaults",
+    "owner",
+    "group",
+    "nofail",
+    "default_permissions",
 ];
-const IGNORED_TOO: [&str; 4] = ["owner", "group", "nofail", "default_permissions"];
+
 /// Prefixes of options that belong to other programs.
 const IGNORED_PREFIXES: [&str; 5] = ["x-", "comment=", "fsname=", "subtype=", "source="];
 
@@ -77,10 +81,7 @@ pub fn rewrite(args: Vec<OsString>, subcommands: &[&str]) -> Result<Vec<OsString
 
 /// The CLI arguments for one `-o` option (none for ignored generic options).
 fn flag_for(option: &str) -> Vec<OsString> {
-    if IGNORED.contains(&option)
-        || IGNORED_TOO.contains(&option)
-        || IGNORED_PREFIXES.iter().any(|p| option.starts_with(p))
-    {
+    if IGNORED.contains(&option) || IGNORED_PREFIXES.iter().any(|p| option.starts_with(p)) {
         return Vec::new();
     }
     match option.split_once('=') {

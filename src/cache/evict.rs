@@ -39,7 +39,8 @@ impl MinFree {
         }
     }
 
-    fn bytes(&self, fs_size: u64) -> u64 {
+    /// The free space to keep on a filesystem of `fs_size` bytes.
+    pub fn bytes(&self, fs_size: u64) -> u64 {
         match *self {
             MinFree::Bytes(b) => b,
             MinFree::Percent(p) => (fs_size as f64 * p / 100.0) as u64,
@@ -111,6 +112,8 @@ pub struct Evicted {
     pub bytes: u64,
     /// Entries that had to stay because they were open.
     pub skipped_in_use: usize,
+    /// Total size of the entries left after the pass.
+    pub remaining_bytes: u64,
 }
 
 /// Removes least-recently-used entries until the cache, plus `incoming` bytes about to be
@@ -148,6 +151,7 @@ pub fn evict(layout: &Layout, bounds: &Bounds, incoming: u64) -> std::io::Result
             Err(e) => tracing::warn!(path = %entry.path.display(), error = %e, "could not evict"),
         }
     }
+    evicted.remaining_bytes = used;
     Ok(evicted)
 }
 
@@ -163,11 +167,6 @@ fn remove_unless_open(path: &Path) -> std::io::Result<bool> {
     }
     fs::remove_file(path)?;
     Ok(true)
-}
-
-/// Current total size of the entries.
-pub fn usage(layout: &Layout) -> u64 {
-    scan(layout).iter().map(|e| e.bytes).sum()
 }
 
 #[cfg(test)]
@@ -209,7 +208,11 @@ mod tests {
         let evicted = evict(&layout, &bounds, 50_000).unwrap();
         assert_eq!(evicted.files, 1);
         assert!(!oldest.exists() && middle.exists() && newest.exists());
-        assert!(usage(&layout) + 50_000 <= 250_000);
+        assert_eq!(
+            evicted.remaining_bytes,
+            scan(&layout).iter().map(|e| e.bytes).sum::<u64>()
+        );
+        assert!(evicted.remaining_bytes + 50_000 <= 250_000);
     }
 
     #[test]

@@ -32,6 +32,18 @@ pub struct EntryKey {
     pub etag: String,
 }
 
+impl EntryKey {
+    /// The entry for the version of a blob `meta` describes, in `location`'s container.
+    pub fn for_blob(location: &crate::location::Location, meta: &crate::storage::BlobMeta) -> Self {
+        Self {
+            account: location.account.clone(),
+            container: location.container.clone(),
+            blob: meta.name.clone(),
+            etag: meta.etag.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Layout {
     root: PathBuf,

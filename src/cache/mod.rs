@@ -269,10 +269,7 @@ impl Cache {
                 path: self.layout.root().display().to_string(),
                 source,
             })?;
-        let min_free = match self.bounds.min_free {
-            MinFree::Bytes(b) => b,
-            MinFree::Percent(p) => (fs_size as f64 * p / 100.0) as u64,
-        };
+        let min_free = self.bounds.min_free.bytes(fs_size);
         if size.saturating_add(min_free) > fs_size {
             return Err(no_space(format!(
                 "larger than the cache filesystem ({fs_size} bytes, keeping {min_free} free)"
@@ -299,11 +296,8 @@ impl Cache {
                 path: self.layout.root().display().to_string(),
                 source,
             })?;
-        let layout = self.layout.clone();
-        let used = tokio::task::spawn_blocking(move || evict::usage(&layout))
-            .await
-            .expect("usage task panicked");
-        self.used.store(used, Ordering::SeqCst);
+        // The pass counted every entry, other processes' included: take its figure.
+        self.used.store(evicted.remaining_bytes, Ordering::SeqCst);
         self.metrics
             .evictions
             .fetch_add(evicted.files as u64, Ordering::Relaxed);

@@ -218,12 +218,7 @@ async fn prefetch(args: PrefetchArgs) -> Result<()> {
                 (Arc::clone(&cache), Arc::clone(&fetcher), &args.location);
             let (progress, files_done) = (Arc::clone(&progress), Arc::clone(&files_done));
             async move {
-                let key = EntryKey {
-                    account: location.account.clone(),
-                    container: location.container.clone(),
-                    blob: meta.name.clone(),
-                    etag: meta.etag.clone(),
-                };
+                let key = EntryKey::for_blob(location, &meta);
                 let result = cache
                     .get_or_fetch(&key, &meta, fetcher.as_ref())
                     .await

@@ -30,12 +30,14 @@ pub fn verify_file(
     require_digest: bool,
 ) -> Result<Verified, FetchError> {
     // Refuse before hashing what could never be accepted.
-    check_digest_policy(meta, require_digest)?;
+    let expected_xxh3 = check_digest_policy(meta, require_digest)?;
     let (xxh3, md5, size) =
         hash_file(path, needs_md5(meta)).map_err(|e| FetchError::io(path, e))?;
-    verify_digests(meta, require_digest, xxh3, md5, size)
+    compare(meta, expected_xxh3, xxh3, md5, size)
 }
 
+/// The xxh3 the metadata promises, if any; an error when the metadata is unusable or
+/// `require_digest` refuses a blob with no digest at all.
 fn check_digest_policy(
     meta: &BlobMeta,
     require_digest: bool,
@@ -63,6 +65,16 @@ pub fn verify_digests(
     size: u64,
 ) -> Result<Verified, FetchError> {
     let expected_xxh3 = check_digest_policy(meta, require_digest)?;
+    compare(meta, expected_xxh3, xxh3, md5, size)
+}
+
+fn compare(
+    meta: &BlobMeta,
+    expected_xxh3: Option<Xxh3Digest>,
+    xxh3: Xxh3Digest,
+    md5: Option<Md5Digest>,
+    size: u64,
+) -> Result<Verified, FetchError> {
     if size != meta.size {
         return Err(FetchError::SizeMismatch {
             blob: meta.name.clone(),

@@ -292,12 +292,7 @@ impl AdlsFs {
     }
 
     fn entry_key(&self, node: &FileNode) -> EntryKey {
-        EntryKey {
-            account: self.location.account.clone(),
-            container: self.location.container.clone(),
-            blob: node.meta.name.clone(),
-            etag: node.meta.etag.clone(),
-        }
+        EntryKey::for_blob(&self.location, &node.meta)
     }
 
     fn log_failure(&self, node: &FileNode, e: &CacheError) {

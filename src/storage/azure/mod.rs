@@ -197,6 +197,24 @@ impl AzureStore {
         self.rest.blob_url(name)
     }
 
+    /// A GET of `range` (the whole blob for `None`), only while the ETag is `etag`.
+    async fn get(
+        &self,
+        name: &str,
+        range: Option<Range<u64>>,
+        etag: &str,
+    ) -> Result<object_store::GetResult> {
+        let options = GetOptions {
+            if_match: Some(etag.to_string()),
+            range: range.map(GetRange::Bounded),
+            ..Default::default()
+        };
+        self.store
+            .get_opts(&self.object_path(name)?, options)
+            .await
+            .map_err(|e| self.map_error(name, e))
+    }
+
     fn object_path(&self, name: &str) -> Result<ObjectPath> {
         ObjectPath::parse(name).map_err(|e| StorageError::Client {
             what: name.to_string(),
@@ -278,18 +296,8 @@ impl BlobStore for AzureStore {
     }
 
     async fn read(&self, name: &str, range: Option<Range<u64>>, etag: &str) -> Result<Bytes> {
-        let path = self.object_path(name)?;
         let expected = range.as_ref().map(|r| r.end - r.start);
-        let options = GetOptions {
-            if_match: Some(etag.to_string()),
-            range: range.map(GetRange::Bounded),
-            ..Default::default()
-        };
-        let result = self
-            .store
-            .get_opts(&path, options)
-            .await
-            .map_err(|e| self.map_error(name, e))?;
+        let result = self.get(name, range, etag).await?;
         let bytes = result.bytes().await.map_err(|e| self.map_error(name, e))?;
         if let Some(expected) = expected {
             if bytes.len() as u64 != expected {
@@ -310,17 +318,7 @@ impl BlobStore for AzureStore {
         range: Option<Range<u64>>,
         etag: &str,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let path = self.object_path(name)?;
-        let options = GetOptions {
-            if_match: Some(etag.to_string()),
-            range: range.map(GetRange::Bounded),
-            ..Default::default()
-        };
-        let result = self
-            .store
-            .get_opts(&path, options)
-            .await
-            .map_err(|e| self.map_error(name, e))?;
+        let result = self.get(name, range, etag).await?;
         let (name, endpoint) = (name.to_string(), self.rest.endpoint.to_string());
         Ok(result
             .into_stream()
