@@ -1,18 +1,21 @@
-//! Wiring for the long-running commands: runtime, storage, cache, fetchers, filesystem
-//! core, FUSE session, metrics endpoints and signals.
+//! Wiring for the long-running commands: runtime, storage, cache, materialisation
+//! pipeline, filesystem core, FUSE session, metrics endpoints and signals. Mount and
+//! prefetch build their store, cache and pipeline with the same [`Pipeline::build`].
 
 use crate::cache::Cache;
-use crate::cli::{FetchArgs, MountArgs};
+use crate::config::{CacheConfig, FetchConfig, MountConfig, StorageConfig};
 use crate::fetch::azcopy::{AzcopyConfig, AzcopyFetcher};
-use crate::fetch::native::{NativeConfig, NativeFetcher};
+use crate::fetch::native::NativeFetcher;
 use crate::fetch::select::{FetcherMode, SelectingFetcher};
-use crate::fetch::{sizing, Fetcher};
-use crate::fs::{AdlsFs, FsConfig};
-use crate::fuse::session::{self, MountConfig};
+use crate::fetch::{sizing, Fetcher, ProgressSink};
+use crate::fs::AdlsFs;
+use crate::fuse::session;
 use crate::fuse::FuseAdapter;
+use crate::location::Location;
+use crate::materialise::Materialiser;
 use crate::metrics::Metrics;
 use crate::storage::azure::AzureStore;
-use crate::storage::{BlobStore, RetryPolicy};
+use crate::storage::BlobStore;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,113 +37,123 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// The store, the node cache and the pipeline that fills it, wired the one way both
+/// `mount` and `prefetch` use.
+pub struct Pipeline {
+    pub store: Arc<AzureStore>,
+    pub cache: Arc<Cache>,
+    pub materialiser: Arc<Materialiser>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    /// Opens the cache and builds the fetchers and pipeline over `store`; progress goes to
+    /// `progress` when given.
+    pub fn build(
+        store: Arc<AzureStore>,
+        cache: &CacheConfig,
+        fetch: &FetchConfig,
+        progress: Option<Arc<dyn ProgressSink>>,
+    ) -> Result<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let cache_store = Arc::new(
+            Cache::open_bounded(&cache.dir, cache.bounds)
+                .context("opening the cache directory")?
+                .with_metrics(Arc::clone(&metrics)),
+        );
+        let fetcher = build_fetcher(fetch, &cache.dir, Arc::clone(&store));
+        let mut materialiser = Materialiser::new(Arc::clone(&cache_store), fetcher, fetch.verify)
+            .with_metrics(Arc::clone(&metrics));
+        if let Some(progress) = progress {
+            materialiser = materialiser.with_progress(progress);
+        }
+        Ok(Self {
+            store,
+            cache: cache_store,
+            materialiser: Arc::new(materialiser),
+            metrics,
+        })
+    }
+}
+
+/// Resolves credentials and connects to `location`'s container.
+pub fn connect(storage: &StorageConfig, location: &Location) -> Result<Arc<AzureStore>> {
+    Ok(Arc::new(storage.connect(location)?))
+}
+
 /// Mounts, serves until unmounted or signalled, then drains and unmounts. `ready` is
 /// called once the mount is live (a daemonised parent then exits 0).
-pub fn run_mount(args: MountArgs, ready: Option<Box<dyn ReadyNotifier>>) -> Result<()> {
+pub fn run_mount(config: MountConfig, ready: Option<Box<dyn ReadyNotifier>>) -> Result<()> {
+    let mountpoint = config.session.mountpoint.clone();
     // Check the mountpoint before anything slow, so the error is immediate.
-    session::check_mountpoint(&args.mountpoint)?;
+    session::check_mountpoint(&mountpoint)?;
     let runtime = runtime()?;
-    let storage = args.storage.to_config();
-    let azure = Arc::new(storage.connect(&args.location)?);
-    let store: Arc<dyn BlobStore> = azure.clone();
+    let store = connect(&config.storage, &config.location)?;
     // Fail at mount time, not at first access, when the location is wrong or unreadable.
     runtime
-        .block_on(store.list_dir(&args.location.dir_prefix()))
-        .with_context(|| format!("checking access to {}", args.location))?;
-    let opts = &args.mount;
-    let metrics = Arc::new(Metrics::default());
-    let cache = Arc::new(
-        Cache::open_bounded(
-            &opts.cache.cache_dir,
-            opts.fetch.require_digest,
-            opts.cache.bounds(),
-        )
-        .context("opening the cache directory")?
-        .with_metrics(Arc::clone(&metrics)),
-    );
-    let fetcher = build_fetcher(
-        &opts.fetch,
-        &opts.cache.cache_dir,
-        storage.retry,
-        Arc::clone(&store),
-        azure,
-    );
-    // SAFETY: getters without preconditions.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        .block_on(store.list_dir(&config.location.dir_prefix()))
+        .with_context(|| format!("checking access to {}", config.location))?;
+    let pipeline = Pipeline::build(store, &config.cache, &config.fetch, None)?;
     let fs = Arc::new(AdlsFs::new(
-        args.location.clone(),
-        store,
-        Arc::clone(&cache),
-        fetcher,
-        FsConfig {
-            metadata_ttl: opts.metadata_ttl,
-            uid: opts.uid.unwrap_or(euid),
-            gid: opts.gid.unwrap_or(egid),
-            file_mode: opts.file_mode,
-            dir_mode: opts.dir_mode,
-        },
+        config.location.clone(),
+        pipeline.store.clone(),
+        Arc::clone(&pipeline.materialiser),
+        config.fs.clone(),
     ));
     let _servers = runtime.block_on(start_metrics_servers(
-        &metrics,
-        opts.metrics_addr,
-        &args.mountpoint,
+        &pipeline.metrics,
+        config.metrics_addr,
+        &mountpoint,
     ))?;
-    let adapter = FuseAdapter::new(fs, runtime.handle().clone(), opts.metadata_ttl);
-    let mounted = session::mount(
-        adapter,
-        &MountConfig {
-            mountpoint: args.mountpoint.clone(),
-            fsname: args.location.to_string(),
-            allow_other: opts.allow_other,
-            threads: opts.fuse_threads,
-        },
-    )?;
-    tracing::info!(location = %args.location, mountpoint = %args.mountpoint.display(), "mounted");
+    let adapter = FuseAdapter::new(fs, runtime.handle().clone(), config.fs.metadata_ttl);
+    let mounted = session::mount(adapter, &config.session)?;
+    tracing::info!(location = %config.location, mountpoint = %mountpoint.display(), "mounted");
     eprintln!(
         "adlsfs: mounted {} at {}",
-        args.location,
-        args.mountpoint.display()
+        config.location,
+        mountpoint.display()
     );
     if let Some(ready) = ready {
         ready.ready();
     }
 
+    let materialiser = &pipeline.materialiser;
     let signal = runtime.block_on(wait_for_end(&mounted))?;
     match signal {
         Some(name) => {
             tracing::info!(
                 signal = name,
-                in_flight = cache.in_flight(),
+                in_flight = materialiser.in_flight(),
                 "draining, then unmounting"
             );
-            runtime.block_on(drain(&cache, opts.drain_timeout));
+            runtime.block_on(drain(materialiser, config.drain_timeout));
         }
         None => tracing::info!("unmounted externally"),
     }
     mounted.unmount().context("unmounting")?;
     // Downloads cut short by the unmount must leave nothing behind.
     runtime.shutdown_timeout(Duration::from_secs(5));
-    cache.remove_own_temporaries();
-    tracing::info!(mountpoint = %args.mountpoint.display(), "unmounted");
-    eprintln!("adlsfs: unmounted {}", args.mountpoint.display());
+    pipeline.cache.remove_own_temporaries();
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    eprintln!("adlsfs: unmounted {}", mountpoint.display());
     Ok(())
 }
 
 /// Lets downloads in progress finish, for at most `timeout`.
-async fn drain(cache: &Cache, timeout: Duration) {
+async fn drain(materialiser: &Materialiser, timeout: Duration) {
     let deadline = Instant::now() + timeout;
-    while cache.in_flight() > 0 && Instant::now() < deadline {
+    while materialiser.in_flight() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if cache.in_flight() > 0 {
+    if materialiser.in_flight() > 0 {
         tracing::warn!(
-            in_flight = cache.in_flight(),
+            in_flight = materialiser.in_flight(),
             "drain timeout: abandoning downloads in progress"
         );
         // Their opens fail with EIO, so nothing holds the unmount up.
-        cache.cancel_downloads();
+        materialiser.cancel_downloads();
         let grace = Instant::now() + Duration::from_secs(2);
-        while cache.in_flight() > 0 && Instant::now() < grace {
+        while materialiser.in_flight() > 0 && Instant::now() < grace {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -243,60 +256,53 @@ async fn start_metrics_servers(
 
 /// The native fetcher, plus azcopy when the mode may use it and a binary is found.
 pub fn build_fetcher(
-    opts: &FetchArgs,
+    config: &FetchConfig,
     cache_dir: &Path,
-    retry: RetryPolicy,
-    store: Arc<dyn BlobStore>,
-    azure: Arc<AzureStore>,
+    store: Arc<AzureStore>,
 ) -> Arc<dyn Fetcher> {
-    let native = Arc::new(NativeFetcher::new(
-        store,
-        NativeConfig {
-            chunk_size: opts.native_chunk_size,
-            parallelism: opts.native_parallelism,
-            retry,
-        },
-    ));
-    let azcopy = match opts.fetcher {
+    let native = Arc::new(NativeFetcher::new(store.clone(), config.native));
+    let azcopy = match config.mode {
         FetcherMode::Native => None,
-        FetcherMode::Auto | FetcherMode::Azcopy => match find_azcopy(opts.azcopy_path.as_deref()) {
-            Some(binary) => {
-                let limits = sizing::read_limits(&opts.cgroup_root);
-                let env = sizing::azcopy_env(&limits, |k| std::env::var(k).ok());
-                tracing::info!(
-                    binary = %binary.display(),
-                    concurrency = %env.concurrency,
-                    concurrency_from = env.concurrency_source,
-                    buffer_gb = %env.buffer_gb,
-                    buffer_from = env.buffer_source,
-                    cpus = limits.cpus,
-                    memory_bytes = limits.memory_bytes,
-                    limits_from_cgroup = limits.cpus_from_cgroup || limits.memory_from_cgroup,
-                    "azcopy fetcher ready"
-                );
-                Some(Arc::new(AzcopyFetcher::new(
-                    AzcopyConfig {
-                        binary,
-                        cache_root: cache_dir.to_path_buf(),
-                        env,
-                        stall_timeout: opts.azcopy_stall_timeout,
-                    },
-                    azure,
-                )))
+        FetcherMode::Auto | FetcherMode::Azcopy => {
+            match find_azcopy(config.azcopy_path.as_deref()) {
+                Some(binary) => {
+                    let limits = sizing::read_limits(&config.cgroup_root);
+                    let env = sizing::azcopy_env(&limits, |k| std::env::var(k).ok());
+                    tracing::info!(
+                        binary = %binary.display(),
+                        concurrency = %env.concurrency,
+                        concurrency_from = env.concurrency_source,
+                        buffer_gb = %env.buffer_gb,
+                        buffer_from = env.buffer_source,
+                        cpus = limits.cpus,
+                        memory_bytes = limits.memory_bytes,
+                        limits_from_cgroup = limits.cpus_from_cgroup || limits.memory_from_cgroup,
+                        "azcopy fetcher ready"
+                    );
+                    Some(Arc::new(AzcopyFetcher::new(
+                        AzcopyConfig {
+                            binary,
+                            cache_root: cache_dir.to_path_buf(),
+                            env,
+                            stall_timeout: config.azcopy_stall_timeout,
+                        },
+                        store,
+                    )))
+                }
+                None => {
+                    tracing::warn!(
+                        "azcopy not found (--azcopy-path or PATH): every file is fetched natively"
+                    );
+                    None
+                }
             }
-            None => {
-                tracing::warn!(
-                    "azcopy not found (--azcopy-path or PATH): every file is fetched natively"
-                );
-                None
-            }
-        },
+        }
     };
     Arc::new(SelectingFetcher::new(
-        opts.fetcher,
+        config.mode,
         native,
         azcopy,
-        opts.azcopy_min_size,
+        config.azcopy_min_size,
     ))
 }
 

@@ -1,9 +1,16 @@
 //! Command-line arguments (clap). Turns arguments into config structs; nothing else.
 
 use crate::cache::{Bounds, MinFree};
-use crate::config::{default_cache_dir, parse_duration, parse_mode, parse_size, StorageConfig};
+use crate::config::{
+    default_cache_dir, parse_duration, parse_mode, parse_size, CacheConfig, FetchConfig,
+    MountConfig, PrefetchConfig, StorageConfig,
+};
+use crate::fetch::native::NativeConfig;
 use crate::fetch::select::FetcherMode;
+use crate::fs::FsConfig;
+use crate::fuse::session::SessionConfig;
 use crate::location::Location;
+use crate::materialise::verify::VerifyPolicy;
 use crate::storage::RetryPolicy;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -111,6 +118,13 @@ impl CacheArgs {
         Bounds {
             max_bytes: self.cache_size,
             min_free: self.cache_min_free,
+        }
+    }
+
+    pub fn to_config(&self) -> CacheConfig {
+        CacheConfig {
+            dir: self.cache_dir.clone(),
+            bounds: self.bounds(),
         }
     }
 }
@@ -238,6 +252,24 @@ pub struct MountOptions {
     pub drain_timeout: Duration,
 }
 
+/// `--fetcher` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FetcherArg {
+    Auto,
+    Azcopy,
+    Native,
+}
+
+impl From<FetcherArg> for FetcherMode {
+    fn from(arg: FetcherArg) -> Self {
+        match arg {
+            FetcherArg::Auto => FetcherMode::Auto,
+            FetcherArg::Azcopy => FetcherMode::Azcopy,
+            FetcherArg::Native => FetcherMode::Native,
+        }
+    }
+}
+
 /// How files are downloaded and verified (mount and prefetch).
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Fetching")]
@@ -254,7 +286,7 @@ pub struct FetchArgs {
     /// How files are downloaded: azcopy for large blobs when free (auto), always azcopy, or
     /// always the built-in parallel downloader
     #[arg(long, env = "ADLSFS_FETCHER", value_enum, default_value = "auto")]
-    pub fetcher: FetcherMode,
+    pub fetcher: FetcherArg,
     /// The azcopy binary (default: `azcopy` on PATH)
     #[arg(long, env = "ADLSFS_AZCOPY_PATH")]
     pub azcopy_path: Option<PathBuf>,
@@ -268,6 +300,57 @@ pub struct FetchArgs {
     /// cgroup v2 mount whose cpu.max and memory.max size azcopy
     #[arg(long, env = "ADLSFS_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
     pub cgroup_root: PathBuf,
+}
+
+impl FetchArgs {
+    /// The fetch configuration; ranges are retried as long as storage requests are.
+    pub fn to_config(&self, retry: RetryPolicy) -> FetchConfig {
+        FetchConfig {
+            mode: self.fetcher.into(),
+            verify: VerifyPolicy {
+                require_digest: self.require_digest,
+            },
+            native: NativeConfig {
+                chunk_size: self.native_chunk_size,
+                parallelism: self.native_parallelism,
+                retry,
+            },
+            azcopy_path: self.azcopy_path.clone(),
+            azcopy_min_size: self.azcopy_min_size,
+            azcopy_stall_timeout: self.azcopy_stall_timeout,
+            cgroup_root: self.cgroup_root.clone(),
+        }
+    }
+}
+
+impl MountArgs {
+    pub fn to_config(&self) -> MountConfig {
+        let opts = &self.mount;
+        let storage = self.storage.to_config();
+        // SAFETY: getters without preconditions.
+        let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        MountConfig {
+            location: self.location.clone(),
+            cache: opts.cache.to_config(),
+            fetch: opts.fetch.to_config(storage.retry),
+            storage,
+            fs: FsConfig {
+                metadata_ttl: opts.metadata_ttl,
+                uid: opts.uid.unwrap_or(euid),
+                gid: opts.gid.unwrap_or(egid),
+                file_mode: opts.file_mode,
+                dir_mode: opts.dir_mode,
+            },
+            session: SessionConfig {
+                mountpoint: self.mountpoint.clone(),
+                fsname: self.location.to_string(),
+                allow_other: opts.allow_other,
+                threads: opts.fuse_threads,
+            },
+            metrics_addr: opts.metrics_addr,
+            drain_timeout: opts.drain_timeout,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +369,20 @@ pub struct PrefetchArgs {
     pub fetch: FetchArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
+}
+
+impl PrefetchArgs {
+    pub fn to_config(&self) -> PrefetchConfig {
+        let storage = self.storage.to_config();
+        PrefetchConfig {
+            location: self.location.clone(),
+            paths: self.paths.clone(),
+            parallel: self.parallel,
+            cache: self.cache.to_config(),
+            fetch: self.fetch.to_config(storage.retry),
+            storage,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -1,11 +1,69 @@
-//! Validated, plain configuration structs, built from the CLI in one place.
+//! Validated, plain configuration structs, built from the CLI in one place (`cli.rs`) and
+//! handed to the wiring (`app.rs`). Nothing here knows about clap.
 
+use crate::cache::Bounds;
+use crate::fetch::native::NativeConfig;
+use crate::fetch::select::FetcherMode;
+use crate::fs::FsConfig;
+use crate::fuse::session::SessionConfig;
 use crate::location::Location;
+use crate::materialise::verify::VerifyPolicy;
 use crate::storage::azure::{AzureConfig, AzureStore};
 use crate::storage::{credentials, Result, RetryPolicy};
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
+
+/// The node cache a command uses.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub dir: PathBuf,
+    pub bounds: Bounds,
+}
+
+/// How files are downloaded and verified (mount and prefetch).
+#[derive(Debug, Clone)]
+pub struct FetchConfig {
+    pub mode: FetcherMode,
+    pub verify: VerifyPolicy,
+    pub native: NativeConfig,
+    /// The azcopy binary; `azcopy` on PATH when unset.
+    pub azcopy_path: Option<PathBuf>,
+    /// Smallest blob handed to azcopy (see [`crate::fetch::select`]).
+    pub azcopy_min_size: Option<u64>,
+    /// An azcopy job whose transferred bytes do not grow for this long is killed.
+    pub azcopy_stall_timeout: Duration,
+    /// cgroup v2 mount whose limits size azcopy.
+    pub cgroup_root: PathBuf,
+}
+
+/// Everything a mount daemon runs with.
+#[derive(Debug, Clone)]
+pub struct MountConfig {
+    pub location: Location,
+    pub storage: StorageConfig,
+    pub cache: CacheConfig,
+    pub fetch: FetchConfig,
+    pub fs: FsConfig,
+    pub session: SessionConfig,
+    /// Serve the counters over HTTP here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// On SIGTERM/SIGINT, how long downloads in progress may finish.
+    pub drain_timeout: Duration,
+}
+
+/// `adlsfs prefetch`.
+#[derive(Debug, Clone)]
+pub struct PrefetchConfig {
+    pub location: Location,
+    /// Files, directories or globs relative to the location; all when empty.
+    pub paths: Vec<String>,
+    /// Files downloaded at once.
+    pub parallel: usize,
+    pub storage: StorageConfig,
+    pub cache: CacheConfig,
+    pub fetch: FetchConfig,
+}
 
 /// How to reach and authorise against storage (credentials themselves come from the
 /// environment or the credentials file, never from here).

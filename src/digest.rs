@@ -101,42 +101,79 @@ pub fn md5(data: &[u8]) -> Md5Digest {
     Md5Digest(md5::Md5::digest(data).into())
 }
 
-/// Hashes everything `reader` yields, returning the digest and the byte count.
-pub fn xxh3_128_reader(mut reader: impl Read) -> io::Result<(Xxh3Digest, u64)> {
-    let mut hasher = Xxh3Hasher::new();
-    let mut buf = vec![0u8; HASH_BUF_SIZE];
-    let mut total = 0u64;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        total += n as u64;
+/// What a [`Hasher`] computed: xxh3_128 always, MD5 when it was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digests {
+    pub xxh3: Xxh3Digest,
+    pub md5: Option<Md5Digest>,
+    /// Bytes hashed.
+    pub len: u64,
+}
+
+/// The one streaming hasher: xxh3_128 (what adlsfs verifies and exposes) plus, only when
+/// verification needs it, MD5 (the service's Content-MD5), fed in one pass.
+#[derive(Clone, Default)]
+pub struct Hasher {
+    xxh3: Xxh3Hasher,
+    md5: Option<md5::Md5>,
+    len: u64,
+}
+
+impl Hasher {
+    pub fn new(with_md5: bool) -> Self {
+        Self {
+            md5: with_md5.then(<md5::Md5 as md5::Digest>::new),
+            ..Self::default()
+        }
     }
-    Ok((hasher.finish(), total))
+
+    pub fn update(&mut self, data: &[u8]) {
+        self.xxh3.update(data);
+        if let Some(m) = self.md5.as_mut() {
+            md5::Digest::update(m, data);
+        }
+        self.len += data.len() as u64;
+    }
+
+    /// Feeds everything `reader` yields.
+    pub fn update_from(&mut self, mut reader: impl Read) -> io::Result<()> {
+        let mut buf = vec![0u8; HASH_BUF_SIZE];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => self.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn finish(self) -> Digests {
+        Digests {
+            xxh3: self.xxh3.finish(),
+            md5: self.md5.map(|m| Md5Digest(md5::Digest::finalize(m).into())),
+            len: self.len,
+        }
+    }
+
+    /// Hashes a whole file.
+    pub fn file(path: &Path, with_md5: bool) -> io::Result<Digests> {
+        let mut hasher = Self::new(with_md5);
+        hasher.update_from(std::fs::File::open(path)?)?;
+        Ok(hasher.finish())
+    }
+}
+
+/// Hashes everything `reader` yields, returning the digest and the byte count.
+pub fn xxh3_128_reader(reader: impl Read) -> io::Result<(Xxh3Digest, u64)> {
+    let mut hasher = Hasher::new(false);
+    hasher.update_from(reader)?;
+    let d = hasher.finish();
+    Ok((d.xxh3, d.len))
 }
 
 pub fn xxh3_128_file(path: &Path) -> io::Result<(Xxh3Digest, u64)> {
     xxh3_128_reader(std::fs::File::open(path)?)
-}
-
-/// MD5 of everything `reader` yields.
-pub fn md5_reader(mut reader: impl Read) -> io::Result<Md5Digest> {
-    use md5::Digest;
-    let mut hasher = md5::Md5::new();
-    let mut buf = vec![0u8; HASH_BUF_SIZE];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(Md5Digest(hasher.finalize().into()))
 }
 
 #[cfg(test)]
@@ -205,10 +242,12 @@ mod tests {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(hex, "6f5902ac237024bdd0c176cb93063dc4");
-        assert_eq!(
-            md5_reader(&b"hello world\n"[..]).unwrap(),
-            md5(b"hello world\n")
-        );
+        let mut both = Hasher::new(true);
+        both.update_from(&b"hello world\n"[..]).unwrap();
+        let d = both.finish();
+        assert_eq!(d.md5, Some(md5(b"hello world\n")));
+        assert_eq!((d.xxh3, d.len), (xxh3_128(b"hello world\n"), 12));
+        assert_eq!(Hasher::new(false).finish().md5, None);
     }
 }
 

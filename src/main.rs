@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         }
     }
     let result = match cli.command {
-        Command::Mount(args) => adlsfs::app::run_mount(args, ready),
+        Command::Mount(args) => adlsfs::app::run_mount(args.to_config(), ready),
         other => run(other),
     };
     match result {
@@ -110,7 +110,7 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Mount(_) => unreachable!("mounts are run by main"),
         Command::Cache(command) => run_cache(command),
-        Command::Prefetch(args) => prefetch::run(args),
+        Command::Prefetch(args) => prefetch::run(args.to_config()),
         Command::Stats(args) => {
             use std::io::Read;
             let socket = adlsfs::app::stats_socket(&args.mountpoint);

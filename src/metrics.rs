@@ -1,6 +1,8 @@
 //! The daemon's counters, rendered in the Prometheus text format for `--metrics-addr` and
 //! `adlsfs stats <mountpoint>`. Every metric name lives here.
 
+use crate::error::ErrorKind;
+use crate::fetch::FetcherKind;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,7 +31,8 @@ pub struct Metrics {
     pub cache_misses: AtomicU64,
     pub native: FetcherCounters,
     pub azcopy: FetcherCounters,
-    pub fetch_failures: AtomicU64,
+    /// Failed materialisations, indexed like [`ErrorKind::ALL`].
+    pub fetch_failures: [AtomicU64; ErrorKind::ALL.len()],
     pub verification_failures: AtomicU64,
     pub evictions: AtomicU64,
     pub evicted_bytes: AtomicU64,
@@ -37,20 +40,40 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn fetcher(&self, name: &str) -> &FetcherCounters {
-        if name == "azcopy" {
-            &self.azcopy
-        } else {
-            &self.native
+    pub fn fetcher(&self, kind: FetcherKind) -> &FetcherCounters {
+        match kind {
+            FetcherKind::Azcopy => &self.azcopy,
+            FetcherKind::Native => &self.native,
         }
     }
 
-    pub fn record_fetch(&self, fetcher: &str, bytes: u64, seconds: f64) {
+    pub fn record_fetch(&self, fetcher: FetcherKind, bytes: u64, seconds: f64) {
         let c = self.fetcher(fetcher);
         c.fetches.fetch_add(1, Ordering::Relaxed);
         c.bytes.fetch_add(bytes, Ordering::Relaxed);
         c.micros
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a failed materialisation under its kind; corrupt bytes are also a
+    /// verification failure.
+    pub fn record_failure(&self, kind: ErrorKind) {
+        let i = ErrorKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("every kind is in ALL");
+        self.fetch_failures[i].fetch_add(1, Ordering::Relaxed);
+        if kind == ErrorKind::Corrupt {
+            self.verification_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Failed materialisations of every kind.
+    pub fn fetch_failures_total(&self) -> u64 {
+        self.fetch_failures
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// The Prometheus text exposition of every counter.
@@ -99,11 +122,17 @@ impl Metrics {
             "counter",
             &per(|c| c.micros.load(Ordering::Relaxed) as f64 / 1e6),
         );
+        let by_kind: Vec<(String, f64)> = ErrorKind::ALL
+            .iter()
+            .zip(&self.fetch_failures)
+            .map(|(k, c)| (format!("{{kind=\"{}\"}}", k.label()), get(c) as f64))
+            .collect();
+        let by_kind: Vec<(&str, f64)> = by_kind.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         counter(
             FETCH_FAILURES,
-            "Downloads that failed (any cause).",
+            "Downloads that failed, by kind of failure.",
             "counter",
-            &[("", get(&self.fetch_failures) as f64)],
+            &by_kind,
         );
         counter(
             VERIFICATION_FAILURES,
@@ -133,6 +162,20 @@ impl Metrics {
     }
 }
 
+/// The sum of every sample of metric `name`, whatever its labels (for tests).
+pub fn sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labelled) => &labelled[labelled.find('}')? + 1..],
+                None => rest,
+            };
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// The value of one sample in a rendered exposition (for tests and `adlsfs stats`).
 pub fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -152,7 +195,10 @@ mod tests {
     fn renders_prometheus_text_that_can_be_read_back() {
         let m = Metrics::default();
         m.cache_hits.fetch_add(3, Ordering::Relaxed);
-        m.record_fetch("azcopy", 1024, 1.5);
+        m.record_fetch(FetcherKind::Azcopy, 1024, 1.5);
+        m.record_failure(ErrorKind::Corrupt);
+        m.record_failure(ErrorKind::Changed);
+        m.record_failure(ErrorKind::Changed);
         let text = m.render();
         assert!(text.contains("# TYPE adlsfs_cache_hits_total counter"));
         assert_eq!(sample(&text, CACHE_HITS), Some(3.0));
@@ -168,5 +214,12 @@ mod tests {
             sample(&text, "adlsfs_fetches_total{fetcher=\"native\"}"),
             Some(0.0)
         );
+        assert_eq!(
+            sample(&text, "adlsfs_fetch_failures_total{kind=\"changed\"}"),
+            Some(2.0)
+        );
+        assert_eq!(sum(&text, FETCH_FAILURES), 3.0);
+        assert_eq!(m.fetch_failures_total(), 3);
+        assert_eq!(sample(&text, VERIFICATION_FAILURES), Some(1.0));
     }
 }

@@ -6,11 +6,17 @@ mod common;
 use adlsfs::cache::layout::EntryKey;
 use adlsfs::cache::Cache;
 use adlsfs::digest::{xxh3_128, XXH3_METADATA_KEY};
-use adlsfs::fetch::azcopy::{AzcopyConfig, AzcopyError, AzcopyFetcher};
+use adlsfs::fetch::azcopy::{AzcopyConfig, AzcopyError, AzcopyFetcher, AzcopyUse};
+use adlsfs::fetch::landed::Landed;
 use adlsfs::fetch::native::{NativeConfig, NativeFetcher};
 use adlsfs::fetch::select::{FetcherMode, SelectingFetcher};
 use adlsfs::fetch::sizing::AzcopyEnv;
-use adlsfs::fetch::{Fetcher, NoProgress, ProgressSink};
+use adlsfs::fetch::{
+    FetchError, FetchJob, FetchReport, Fetcher, FetcherKind, NoProgress, ProgressSink,
+};
+use adlsfs::materialise::verify::VerifyPolicy;
+use adlsfs::materialise::Materialiser;
+use adlsfs::metrics::Metrics;
 use adlsfs::storage::azure::AzureStore;
 use adlsfs::storage::{BlobMeta, BlobStore, Metadata};
 use bytes::Bytes;
@@ -70,6 +76,51 @@ fn key(meta: &BlobMeta) -> EntryKey {
     }
 }
 
+/// One fetch of `meta` into `dest` (an existing file) with `fetcher`, progress to `progress`.
+async fn fetch_into(
+    fetcher: &dyn Fetcher,
+    meta: &BlobMeta,
+    dest: &Path,
+    progress: &dyn ProgressSink,
+) -> Result<FetchReport, FetchError> {
+    let landed = Landed::new(meta.size);
+    let job = FetchJob {
+        meta,
+        dest,
+        progress,
+        landed: &landed,
+        hash_md5: false,
+    };
+    let report = fetcher.fetch(&job).await;
+    if report.is_ok() {
+        assert!(
+            landed.is_complete(),
+            "a fetch that succeeded landed every byte"
+        );
+    }
+    report
+}
+
+/// The pipeline over `fetcher`, refusing blobs without a digest, counting into `metrics`.
+fn pipeline(cache_dir: &Path, fetcher: Arc<dyn Fetcher>, metrics: &Arc<Metrics>) -> Materialiser {
+    let cache = Arc::new(Cache::open(cache_dir).unwrap());
+    Materialiser::new(
+        cache,
+        fetcher,
+        VerifyPolicy {
+            require_digest: true,
+        },
+    )
+    .with_metrics(Arc::clone(metrics))
+}
+
+fn fetches(metrics: &Metrics, kind: FetcherKind) -> u64 {
+    metrics
+        .fetcher(kind)
+        .fetches
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
 fn files_under(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .map(|e| {
@@ -96,18 +147,17 @@ async fn real_azcopy_materialises_a_verified_file_and_leaves_nothing_behind() {
     let data = pattern(24 << 20, 3);
     let meta = put(&store, "dir/odd name+%#.bin", data.clone()).await;
     let cache_dir = tempfile::tempdir().unwrap();
-    let cache = Cache::open(cache_dir.path(), true).unwrap();
     let azcopy = fetcher(
         &store,
         azcopy_binary(),
         cache_dir.path(),
         Duration::from_secs(60),
     );
+    let metrics = Arc::new(Metrics::default());
+    let pipeline = pipeline(cache_dir.path(), azcopy, &metrics);
 
-    let cached = cache
-        .get_or_fetch(&key(&meta), &meta, azcopy.as_ref())
-        .await
-        .unwrap();
+    let cached = pipeline.ensure(&key(&meta), &meta).await.unwrap();
+    assert_eq!(fetches(&metrics, FetcherKind::Azcopy), 1);
     assert!(std::fs::read(&cached.path).unwrap() == data);
     assert_eq!(cached.xxh3, Some(xxh3_128(&data)));
     assert!(
@@ -154,8 +204,11 @@ async fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_
     std::fs::write(&dest, b"").unwrap();
     let start = Instant::now();
     assert_eq!(
-        auto.fetch(&meta, &dest, &NoProgress).await.unwrap().fetcher,
-        "native"
+        fetch_into(&auto, &meta, &dest, &NoProgress)
+            .await
+            .unwrap()
+            .fetcher,
+        FetcherKind::Native
     );
     assert!(
         start.elapsed() < Duration::from_secs(2),
@@ -170,14 +223,14 @@ async fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_
     ));
     std::fs::write(&dest, b"").unwrap();
     let (m, d, f) = (meta.clone(), dest.clone(), forced.clone());
-    let waiting = tokio::spawn(async move { f.fetch(&m, &d, &NoProgress).await });
+    let waiting = tokio::spawn(async move { fetch_into(f.as_ref(), &m, &d, &NoProgress).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
         !waiting.is_finished(),
         "azcopy mode waits for the node lock"
     );
     drop(lock);
-    assert_eq!(waiting.await.unwrap().unwrap().fetcher, "azcopy");
+    assert_eq!(waiting.await.unwrap().unwrap().fetcher, FetcherKind::Azcopy);
     assert_eq!(std::fs::metadata(&dest).unwrap().len(), meta.size);
 }
 
@@ -189,30 +242,62 @@ async fn a_failing_or_missing_azcopy_falls_back_to_native() {
     let data = pattern(3 << 20, 2);
     let meta = put(&store, "f.bin", data.clone()).await;
     let scripts = tempfile::tempdir().unwrap();
+    let tried = scripts.path().join("tried");
     let failing = fake_azcopy(
         scripts.path(),
-        r#"echo '{"MessageType":"Error","MessageContent":"RESPONSE 403: AuthorizationFailure sig=SECRET"}'; exit 1"#,
+        &format!(
+            r#"echo run >> {}; echo '{{"MessageType":"Error","MessageContent":"RESPONSE 403: AuthorizationFailure sig=SECRET"}}'; exit 1"#,
+            tried.display()
+        ),
     );
     let native = Arc::new(NativeFetcher::new(store.clone(), NativeConfig::default()));
     for binary in [failing.clone(), scripts.path().join("missing-azcopy")] {
         let cache_dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(cache_dir.path(), true).unwrap();
-        let azcopy = fetcher(&store, binary, cache_dir.path(), Duration::from_secs(60));
+        let azcopy = fetcher(
+            &store,
+            binary.clone(),
+            cache_dir.path(),
+            Duration::from_secs(60),
+        );
         let direct = azcopy
-            .fetch_locked(&meta, &cache_dir.path().join("x"), true, &NoProgress)
+            .fetch_under_node_lock(
+                &meta,
+                &cache_dir.path().join("x"),
+                AzcopyUse::Wait,
+                &NoProgress,
+            )
             .await
             .unwrap_err();
         assert!(
             !direct.to_string().contains("SECRET"),
             "SAS leaked: {direct}"
         );
+        if binary == failing {
+            assert!(matches!(direct, AzcopyError::Failed { .. }), "{direct}");
+            std::fs::remove_file(&tried).unwrap();
+        } else {
+            assert!(matches!(direct, AzcopyError::Spawn { .. }), "{direct}");
+        }
         let select =
             SelectingFetcher::new(FetcherMode::Azcopy, native.clone(), Some(azcopy), Some(0));
-        let cached = cache
-            .get_or_fetch(&key(&meta), &meta, &select)
-            .await
-            .unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let pipeline = pipeline(cache_dir.path(), Arc::new(select), &metrics);
+        let cached = pipeline.ensure(&key(&meta), &meta).await.unwrap();
         assert!(std::fs::read(&cached.path).unwrap() == data);
+        if binary == failing {
+            assert!(
+                tried.exists(),
+                "the pipeline ran azcopy before falling back"
+            );
+        }
+        assert_eq!(
+            (
+                fetches(&metrics, FetcherKind::Native),
+                fetches(&metrics, FetcherKind::Azcopy)
+            ),
+            (1, 0),
+            "native served the file after azcopy failed"
+        );
     }
 }
 
@@ -236,7 +321,12 @@ async fn a_hung_azcopy_is_killed_after_the_stall_timeout() {
     let azcopy = fetcher(&store, hung, cache_dir.path(), Duration::from_secs(1));
     let start = Instant::now();
     let err = azcopy
-        .fetch_locked(&meta, &cache_dir.path().join("x"), true, &NoProgress)
+        .fetch_under_node_lock(
+            &meta,
+            &cache_dir.path().join("x"),
+            AzcopyUse::Wait,
+            &NoProgress,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, AzcopyError::Stalled(_)), "{err}");
@@ -279,7 +369,7 @@ async fn invocation_environment_and_stdin_follow_the_design() {
     let azcopy = fetcher(&store, fake, cache_dir.path(), Duration::from_secs(30));
     let dest = cache_dir.path().join("tmp-dest");
     azcopy
-        .fetch_locked(&meta, &dest, true, &NoProgress)
+        .fetch_under_node_lock(&meta, &dest, AzcopyUse::Wait, &NoProgress)
         .await
         .unwrap_err();
     let seen = std::fs::read_to_string(&record).unwrap();
@@ -409,7 +499,7 @@ async fn native_progress_reaches_the_total() {
     let dest = dir.path().join("p");
     std::fs::write(&dest, b"").unwrap();
     let recorder = Recorder::default();
-    native.fetch(&meta, &dest, &recorder).await.unwrap();
+    fetch_into(&native, &meta, &dest, &recorder).await.unwrap();
     assert_eq!(recorder.0.lock().unwrap().len(), 5, "one report per chunk");
     recorder.assert_complete(meta.size);
 }
@@ -499,8 +589,24 @@ fn auto_is_native_first_without_a_threshold() {
     );
     std::fs::read(mount.path().join("model.bin")).unwrap();
     let log = mount.log();
-    assert!(
-        log.contains("fetcher=\"native\"") && !log.contains("azcopy job started"),
-        "{log}"
+    // azcopy was there to be used: auto chose native all the same.
+    assert!(log.contains("azcopy fetcher ready"), "{log}");
+    let stats = std::process::Command::new(common::adlsfs_bin())
+        .arg("stats")
+        .arg(mount.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&stats.stdout);
+    let sample = |name| adlsfs::metrics::sample(&text, name);
+    assert_eq!(
+        sample("adlsfs_fetches_total{fetcher=\"native\"}"),
+        Some(1.0),
+        "{text}"
     );
+    assert_eq!(
+        sample("adlsfs_fetches_total{fetcher=\"azcopy\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(!log.contains("azcopy job started"), "{log}");
 }

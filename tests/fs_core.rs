@@ -9,6 +9,8 @@ use adlsfs::digest::{self, Md5Digest, XXH3_METADATA_KEY};
 use adlsfs::fetch::native::{NativeConfig, NativeFetcher};
 use adlsfs::fs::{AdlsFs, Attr, FsConfig, FsError, Ino, Kind, ROOT_INO};
 use adlsfs::location::Location;
+use adlsfs::materialise::verify::VerifyPolicy;
+use adlsfs::materialise::Materialiser;
 use adlsfs::storage::memory::MemoryStore;
 use adlsfs::storage::{BlobMeta, BlobStore, DirListing, Metadata};
 use async_trait::async_trait;
@@ -62,7 +64,7 @@ impl Mount {
         config: FsConfig,
         cache_dir: TempDir,
     ) -> Self {
-        let cache = Arc::new(Cache::open(cache_dir.path(), require_digest).unwrap());
+        let cache = Arc::new(Cache::open(cache_dir.path()).unwrap());
         let fetcher = Arc::new(NativeFetcher::new(
             Arc::clone(&store),
             NativeConfig {
@@ -72,13 +74,12 @@ impl Mount {
             },
         ));
         let location: Location = location.parse().unwrap();
-        let fs = Arc::new(AdlsFs::new(
-            location.clone(),
-            store,
+        let materialiser = Arc::new(Materialiser::new(
             Arc::clone(&cache),
             fetcher,
-            config,
+            VerifyPolicy { require_digest },
         ));
+        let fs = Arc::new(AdlsFs::new(location.clone(), store, materialiser, config));
         Self {
             fs,
             cache,
@@ -803,7 +804,7 @@ async fn the_mount_is_read_only_and_kinds_are_enforced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_changed_blob_gets_a_new_inode_after_the_ttl_and_old_handles_keep_old_bytes() {
-    let ttl = Duration::from_millis(50);
+    let ttl = Duration::from_millis(500);
     let store = Arc::new(MemoryStore::new());
     let old = pattern(200_000, 31);
     let new = pattern(150_001, 32);

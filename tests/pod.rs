@@ -460,7 +460,14 @@ fn metrics_endpoint_and_stats_count_what_happens() {
         sample(&after, "adlsfs_verification_failures_total"),
         Some(1.0)
     );
-    assert_eq!(sample(&after, "adlsfs_fetch_failures_total"), Some(1.0));
+    assert_eq!(
+        sample(&after, "adlsfs_fetch_failures_total{kind=\"corrupt\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        adlsfs::metrics::sum(&after, "adlsfs_fetch_failures_total"),
+        1.0
+    );
     assert_eq!(sample(&after, "adlsfs_fetches_in_flight"), Some(0.0));
     let via_socket = stats(&mount.path());
     assert_eq!(

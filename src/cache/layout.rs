@@ -4,6 +4,9 @@
 //! <cache-dir>/v1/<account>/<container>/<blob path>@<etag-token>   complete, verified files
 //! <cache-dir>/tmp/                                                downloads in progress
 //! <cache-dir>/locks/                                              per-entry and machine-wide locks
+//! <cache-dir>/staging/                                            files written through a mount,
+//!                                                                 until committed (never cleaned
+//!                                                                 up, evicted or verified away)
 //! ```
 //!
 //! Blob-name segments are used as they are when they are safe file names; otherwise (empty,
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 pub const VERSION_DIR: &str = "v1";
 pub const TMP_DIR: &str = "tmp";
 pub const LOCKS_DIR: &str = "locks";
+pub const STAGING_DIR: &str = "staging";
 
 /// Longest segment kept as it is. Leaves room under NAME_MAX (255) for `@<etag-token>`.
 const MAX_PLAIN_SEGMENT: usize = 180;
@@ -42,6 +46,11 @@ impl EntryKey {
             etag: meta.etag.clone(),
         }
     }
+
+    /// `adls://<account>/<container>/<blob>`, the blob's URI.
+    pub fn uri(&self) -> String {
+        format!("adls://{}/{}/{}", self.account, self.container, self.blob)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +73,12 @@ impl Layout {
 
     pub fn locks_dir(&self) -> PathBuf {
         self.root.join(LOCKS_DIR)
+    }
+
+    /// Written files awaiting their commit: nothing that cleans, evicts or verifies the
+    /// cache looks in here.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join(STAGING_DIR)
     }
 
     pub fn entries_dir(&self) -> PathBuf {

@@ -1,14 +1,15 @@
-//! The node-local cache: complete, verified copies of blob versions, shared by every mount
-//! and process on the node.
+//! The node-local cache, as a store: complete, verified copies of blob versions, shared by
+//! every mount and process on the node. It knows where entries live, finds and opens them,
+//! reserves and frees space, evicts, and publishes files; it never downloads.
+//! [`crate::materialise`] is the pipeline that fills it.
 //!
-//! - A file appears under its final name only after it was downloaded in full, verified,
-//!   fsync'ed and renamed from `tmp/` (same filesystem, so the rename is atomic).
-//! - Concurrent requests for one entry are collapsed: an in-process mutex per entry, then
-//!   a file lock per entry (`locks/`), so processes sharing the directory download each
-//!   entry once. After each lock the final path is checked again: whoever waited finds the
-//!   file. Whoever takes an entry's lock also discards temporaries a dead holder left.
-//! - The size is bounded ([`evict`]): room is made before each download, and a download
-//!   that still finds the disk full evicts once and tries once more.
+//! - A file appears under its final name only by [`Cache::publish`]: an atomic rename
+//!   (from `tmp/`, or from `staging/` for a written file) followed by an fsync of the
+//!   directory.
+//! - Per-entry file locks (`locks/`) let processes sharing the directory take turns on an
+//!   entry ([`Cache::lock_entry`]); whoever takes an entry's lock also discards temporaries a
+//!   dead holder left.
+//! - The size is bounded ([`evict`]): [`Cache::reserve`] makes room before a download.
 //! - Readers hold a shared lock on the cache file while it is open, so eviction skips it.
 
 pub mod entry;
@@ -16,19 +17,16 @@ pub mod evict;
 pub mod layout;
 
 use crate::digest::Xxh3Digest;
-use crate::fetch::verify::{verify_digests, verify_file, Verified};
-use crate::fetch::{FetchError, Fetcher, NoProgress, ProgressSink};
+use crate::error::{io_kind, Classify, ErrorKind};
 use crate::metrics::Metrics;
-use crate::storage::BlobMeta;
 pub use evict::{Bounds, MinFree};
 use fs2::FileExt;
 use layout::{EntryKey, Layout};
-use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,21 +42,34 @@ pub enum CacheError {
         needed: u64,
         detail: String,
     },
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
+    #[error("cache file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl CacheError {
-    pub fn is_no_space(&self) -> bool {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        CacheError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    fn setup(path: &Path, source: std::io::Error) -> Self {
+        CacheError::Setup {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl Classify for CacheError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            CacheError::NoSpace { .. } => true,
-            CacheError::Fetch(e) => e.is_no_space(),
-            CacheError::Setup { source, .. } => {
-                matches!(
-                    source.raw_os_error(),
-                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
-                )
-            }
+            CacheError::NoSpace { .. } => ErrorKind::NoSpace,
+            CacheError::Setup { source, .. } | CacheError::Io { source, .. } => io_kind(source),
         }
     }
 }
@@ -73,40 +84,83 @@ pub struct CachedFile {
     pub fetched: bool,
 }
 
+/// A cache file opened for reading and shared-locked, so eviction leaves it alone for as
+/// long as `file` is open.
+#[derive(Debug)]
+pub struct HeldEntry {
+    pub file: File,
+    pub cached: CachedFile,
+}
+
+/// Space set aside for a download in progress; released on drop, or added to the cache's
+/// usage by [`Reservation::commit`] once the file is published.
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    cache: &'a Cache,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    pub fn commit(self) {
+        self.cache.used.fetch_add(self.bytes, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.cache.reserved.fetch_sub(self.bytes, Ordering::SeqCst);
+    }
+}
+
+/// An entry's cross-process lock (`locks/<id>.lock`), held while its holder fetches it.
+#[derive(Debug)]
+pub struct EntryLock(#[allow(dead_code)] File);
+
+/// A new, empty, private file in `tmp/`, removed on drop unless it was published.
+#[derive(Debug)]
+pub struct Temporary {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Temporary {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file has been moved into place: nothing to remove.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Cache {
     layout: Layout,
-    require_digest: bool,
     bounds: Bounds,
-    in_flight: Mutex<HashMap<EntryKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Bytes of complete entries as last counted, plus what this process added since.
     used: AtomicU64,
     /// Bytes of downloads in progress in this process.
     reserved: AtomicU64,
-    progress: Arc<dyn ProgressSink>,
     metrics: Arc<Metrics>,
-    /// Set at shutdown: downloads still running are abandoned.
-    cancel: tokio::sync::watch::Sender<bool>,
-}
-
-impl std::fmt::Debug for dyn ProgressSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ProgressSink")
-    }
 }
 
 impl Cache {
     /// Opens (creating) the cache directory with the default bounds and removes
     /// temporaries left by dead processes.
-    pub fn open(root: &Path, require_digest: bool) -> Result<Self, CacheError> {
-        Self::open_bounded(root, require_digest, Bounds::default())
+    pub fn open(root: &Path) -> Result<Self, CacheError> {
+        Self::open_bounded(root, Bounds::default())
     }
 
-    pub fn open_bounded(
-        root: &Path,
-        require_digest: bool,
-        bounds: Bounds,
-    ) -> Result<Self, CacheError> {
+    pub fn open_bounded(root: &Path, bounds: Bounds) -> Result<Self, CacheError> {
         let layout = Layout::new(root);
         for dir in cache_dirs(&layout) {
             create_private_dir(&dir)?;
@@ -123,54 +177,18 @@ impl Cache {
         );
         let cache = Self {
             layout,
-            require_digest,
             bounds,
-            in_flight: Mutex::new(HashMap::new()),
             used: AtomicU64::new(used),
             reserved: AtomicU64::new(0),
-            progress: Arc::new(NoProgress),
             metrics: Arc::new(Metrics::default()),
-            cancel: tokio::sync::watch::Sender::new(false),
         };
         cache.remove_stale_temporaries(None);
         Ok(cache)
     }
 
-    /// Counts hits, misses, downloads and evictions into `metrics`.
+    /// Counts evictions into `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
         self.metrics = metrics;
-        self
-    }
-
-    /// Abandons every download in progress (their opens fail, their temporaries are
-    /// removed) so a shutdown is not held up by them.
-    pub fn cancel_downloads(&self) {
-        self.cancel.send_replace(true);
-    }
-
-    /// Downloads in progress in this process.
-    pub fn in_flight(&self) -> u64 {
-        self.metrics.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// Removes this process's own temporaries: at shutdown, after unmounting, downloads
-    /// that were cut short must not leave files behind.
-    pub fn remove_own_temporaries(&self) {
-        let suffix = format!(".{}.", std::process::id());
-        for entry in fs::read_dir(self.layout.tmp_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if entry.file_name().to_string_lossy().contains(&suffix) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-
-    /// Reports every download's progress to `sink`.
-    pub fn with_progress(mut self, sink: Arc<dyn ProgressSink>) -> Self {
-        self.progress = sink;
         self
     }
 
@@ -178,78 +196,65 @@ impl Cache {
         &self.layout
     }
 
-    /// Opens the verified cache file for `key` for reading, downloading it first when
-    /// absent. The returned file holds a shared lock that keeps eviction away from it.
-    pub async fn open_entry(
-        &self,
-        key: &EntryKey,
-        meta: &BlobMeta,
-        fetcher: &dyn Fetcher,
-    ) -> Result<(File, CachedFile), CacheError> {
-        let (cached, file) = self.get_or_fetch_locked(key, meta, fetcher).await?;
-        if let Ok(modified) = file.metadata().and_then(|m| m.modified()) {
-            entry::touch(&file, modified);
-        }
-        Ok((file, cached))
-    }
-
-    /// The verified cache file for `key`, downloading it with `fetcher` when absent.
-    pub async fn get_or_fetch(
-        &self,
-        key: &EntryKey,
-        meta: &BlobMeta,
-        fetcher: &dyn Fetcher,
-    ) -> Result<CachedFile, CacheError> {
-        Ok(self.get_or_fetch_locked(key, meta, fetcher).await?.0)
-    }
-
-    /// [`Cache::get_or_fetch`], with the file open and shared-locked from the moment it is
-    /// found or published: eviction can never remove it before the caller has it.
-    async fn get_or_fetch_locked(
-        &self,
-        key: &EntryKey,
-        meta: &BlobMeta,
-        fetcher: &dyn Fetcher,
-    ) -> Result<(CachedFile, File), CacheError> {
+    /// The complete entry for `key`, if there is one of the expected size, opened and
+    /// shared-locked (an entry evicted meanwhile is simply not found).
+    pub fn lookup(&self, key: &EntryKey, size: u64) -> Option<HeldEntry> {
         let path = self.layout.entry_path(key);
-        if let Some(hit) = lookup(&path, meta.size) {
-            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
+        let file = open_shared(&path).ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.len() != size {
+            return None;
         }
-        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let entry_mutex = {
-            let mut map = self.in_flight.lock().expect("in-flight map");
-            Arc::clone(map.entry(key.clone()).or_default())
+        let cached = CachedFile {
+            xxh3: entry::read_digest(&path),
+            path,
+            fetched: false,
         };
-        let result = async {
-            let _in_process = entry_mutex.lock().await;
-            if let Some(hit) = lookup(&path, meta.size) {
-                return Ok(hit);
-            }
-            // The directory may have been deleted under a running mount: recreate it.
-            ensure_dirs(&self.layout)?;
-            let lock_path = self.layout.entry_lock_path(key);
-            let lock = tokio::task::spawn_blocking(move || lock_exclusive(&lock_path))
-                .await
-                .expect("lock task panicked")?;
-            if let Some(hit) = lookup(&path, meta.size) {
-                return Ok(hit);
-            }
-            // Holding the entry lock: any temporary for this entry belongs to a dead process.
-            self.remove_stale_temporaries(Some(key));
-            let result = self.download(key, meta, fetcher, &path).await;
-            drop(lock);
-            result
-        }
-        .await;
-        let mut map = self.in_flight.lock().expect("in-flight map");
-        if Arc::strong_count(&entry_mutex) <= 2 {
-            map.remove(key);
-        }
-        result
+        Some(HeldEntry { file, cached })
     }
 
-    /// Makes room for `size` more bytes within the bounds, evicting if needed.
+    /// Recreates whichever of the cache's directories went missing (deleted under a
+    /// running mount).
+    pub fn ensure_dirs(&self) -> Result<(), CacheError> {
+        for dir in cache_dirs(&self.layout) {
+            if !dir.is_dir() {
+                create_private_dir(&dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes `key`'s cross-process lock, waiting (in a blocking thread) while another
+    /// process holds it.
+    pub async fn lock_entry(&self, key: &EntryKey) -> Result<EntryLock, CacheError> {
+        let path = self.layout.entry_lock_path(key);
+        tokio::task::spawn_blocking(move || {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o644)
+                .open(&path)
+                .map_err(|e| CacheError::setup(&path, e))?;
+            file.lock_exclusive()
+                .map_err(|e| CacheError::setup(&path, e))?;
+            Ok(EntryLock(file))
+        })
+        .await
+        .expect("lock task panicked")
+    }
+
+    /// Makes room for `size` more bytes within the bounds, evicting if needed, and sets
+    /// them aside until the returned reservation is committed or dropped.
+    pub async fn reserve(&self, blob: &str, size: u64) -> Result<Reservation<'_>, CacheError> {
+        self.make_room(blob, size).await?;
+        self.reserved.fetch_add(size, Ordering::SeqCst);
+        Ok(Reservation {
+            cache: self,
+            bytes: size,
+        })
+    }
+
     async fn make_room(&self, blob: &str, size: u64) -> Result<(), CacheError> {
         let no_space = |detail: String| CacheError::NoSpace {
             blob: blob.to_string(),
@@ -264,11 +269,8 @@ impl Cache {
             }
         }
         let incoming = self.reserved.load(Ordering::SeqCst) + size;
-        let (fs_size, available) =
-            evict::filesystem_space(self.layout.root()).map_err(|source| CacheError::Setup {
-                path: self.layout.root().display().to_string(),
-                source,
-            })?;
+        let (fs_size, available) = evict::filesystem_space(self.layout.root())
+            .map_err(|e| CacheError::setup(self.layout.root(), e))?;
         let min_free = self.bounds.min_free.bytes(fs_size);
         if size.saturating_add(min_free) > fs_size {
             return Err(no_space(format!(
@@ -286,16 +288,19 @@ impl Cache {
         Ok(())
     }
 
-    /// Runs one eviction pass for `incoming` bytes and recounts the usage.
+    /// Runs one eviction pass making room for the downloads in progress, and recounts the
+    /// usage. For a download that found the disk full after all (other processes, other
+    /// files).
+    pub async fn evict_for_reserved(&self) -> Result<evict::Evicted, CacheError> {
+        self.evict_now(self.reserved.load(Ordering::SeqCst)).await
+    }
+
     async fn evict_now(&self, incoming: u64) -> Result<evict::Evicted, CacheError> {
         let (layout, bounds) = (self.layout.clone(), self.bounds);
         let evicted = tokio::task::spawn_blocking(move || evict::evict(&layout, &bounds, incoming))
             .await
             .expect("evict task panicked")
-            .map_err(|source| CacheError::Setup {
-                path: self.layout.root().display().to_string(),
-                source,
-            })?;
+            .map_err(|e| CacheError::setup(self.layout.root(), e))?;
         // The pass counted every entry, other processes' included: take its figure.
         self.used.store(evicted.remaining_bytes, Ordering::SeqCst);
         self.metrics
@@ -315,127 +320,9 @@ impl Cache {
         Ok(evicted)
     }
 
-    async fn download(
-        &self,
-        key: &EntryKey,
-        meta: &BlobMeta,
-        fetcher: &dyn Fetcher,
-        final_path: &Path,
-    ) -> Result<(CachedFile, File), CacheError> {
-        self.make_room(&meta.name, meta.size).await?;
-        self.reserved.fetch_add(meta.size, Ordering::SeqCst);
-        self.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
-        let mut result = self.download_once(key, meta, fetcher, final_path).await;
-        if matches!(&result, Err(e) if e.is_no_space()) {
-            // The disk filled up under us (other processes, other files): evict, try once more.
-            tracing::warn!(blob = %meta.name, needed = meta.size, "cache disk full during download; evicting and retrying once");
-            let incoming = self.reserved.load(Ordering::SeqCst);
-            if self.evict_now(incoming).await.is_ok() {
-                result = self.download_once(key, meta, fetcher, final_path).await;
-            }
-        }
-        self.reserved.fetch_sub(meta.size, Ordering::SeqCst);
-        self.metrics.in_flight.fetch_sub(1, Ordering::SeqCst);
-        match &result {
-            Ok(_) => {
-                self.used.fetch_add(meta.size, Ordering::SeqCst);
-            }
-            Err(e) => {
-                self.metrics.fetch_failures.fetch_add(1, Ordering::Relaxed);
-                if matches!(
-                    e,
-                    CacheError::Fetch(
-                        FetchError::DigestMismatch { .. } | FetchError::SizeMismatch { .. }
-                    )
-                ) {
-                    self.metrics
-                        .verification_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        result
-    }
-
-    async fn download_once(
-        &self,
-        key: &EntryKey,
-        meta: &BlobMeta,
-        fetcher: &dyn Fetcher,
-        final_path: &Path,
-    ) -> Result<(CachedFile, File), CacheError> {
-        let tmp = self.new_temporary(key)?;
-        let started = Instant::now();
-        let result = async {
-            let mut cancelled = self.cancel.subscribe();
-            let report = tokio::select! {
-                report = fetcher.fetch(meta, &tmp, self.progress.as_ref()) => report?,
-                _ = cancelled.wait_for(|c| *c) => return Err(FetchError::Cancelled),
-            };
-            let (tmp_owned, meta_owned, require) = (tmp.clone(), meta.clone(), self.require_digest);
-            let streamed = report.digests;
-            let verified = tokio::task::spawn_blocking(move || {
-                let verified = match streamed {
-                    // Hashed while downloading; the file's size is checked here.
-                    Some(d) => {
-                        let size = fs::metadata(&tmp_owned)
-                            .map_err(|e| FetchError::io(&tmp_owned, e))?
-                            .len();
-                        verify_digests(&meta_owned, require, d.xxh3, d.md5, size)?
-                    }
-                    None => verify_file(&tmp_owned, &meta_owned, require)?,
-                };
-                sync_file(&tmp_owned)?;
-                Ok::<Verified, FetchError>(verified)
-            })
-            .await
-            .expect("verify task panicked")?;
-            let attrs = entry::EntryAttrs {
-                uri: Some(format!(
-                    "adls://{}/{}/{}",
-                    key.account, key.container, key.blob
-                )),
-                etag: Some(key.etag.clone()),
-                xxh3: Some(verified.xxh3),
-            };
-            // Held from before the rename, so eviction cannot take it before our reader.
-            let held = open_shared(&tmp).map_err(|e| FetchError::io(&tmp, e))?;
-            publish(&tmp, final_path, &attrs)?;
-            Ok((verified, report, held))
-        }
-        .await;
-        match result {
-            Ok((verified, report, held)) => {
-                self.metrics.record_fetch(
-                    report.fetcher,
-                    meta.size,
-                    started.elapsed().as_secs_f64(),
-                );
-                tracing::info!(
-                    blob = %meta.name,
-                    bytes = meta.size,
-                    fetcher = report.fetcher,
-                    verified_by = verified.checked_by,
-                    seconds = started.elapsed().as_secs_f64(),
-                    "materialised"
-                );
-                let cached = CachedFile {
-                    path: final_path.to_path_buf(),
-                    xxh3: Some(verified.xxh3),
-                    fetched: true,
-                };
-                Ok((cached, held))
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(CacheError::Fetch(e))
-            }
-        }
-    }
-
-    /// A new empty temporary named after the entry's lock, so clean-up can tell whether a
-    /// live process still owns it.
-    fn new_temporary(&self, key: &EntryKey) -> Result<PathBuf, CacheError> {
+    /// A new empty temporary for `key`, named after the entry's lock, so clean-up can tell
+    /// whether a live process still owns it.
+    pub fn new_temporary(&self, key: &EntryKey) -> Result<Temporary, CacheError> {
         let path = self.layout.tmp_dir().join(format!(
             "{}.{}.{:08x}",
             lock_id(&self.layout, key),
@@ -447,13 +334,96 @@ impl Cache {
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| CacheError::Fetch(FetchError::io(&path, e)))?;
-        Ok(path)
+            .map_err(|e| CacheError::io(&path, e))?;
+        Ok(Temporary { path, armed: true })
+    }
+
+    /// Makes a verified, fsync'ed temporary visible as `key`'s entry.
+    pub fn publish_temporary(
+        &self,
+        mut tmp: Temporary,
+        key: &EntryKey,
+        attrs: &entry::EntryAttrs,
+    ) -> Result<HeldEntry, CacheError> {
+        let held = self.publish(tmp.path(), key, attrs)?;
+        tmp.disarm();
+        Ok(held)
+    }
+
+    /// Moves `source` into place as `key`'s entry: a verified temporary, or a file written
+    /// locally and committed to storage (its content is then known without a download).
+    /// Records what the entry is, makes it readable, renames it and fsyncs the directory so
+    /// the rename survives a crash. A source on another filesystem is copied to a temporary
+    /// first, so the entry still appears atomically. The caller has fsync'ed `source`.
+    ///
+    /// The returned file is held from before the rename, so eviction cannot take the entry
+    /// before the caller has it.
+    pub fn publish(
+        &self,
+        source: &Path,
+        key: &EntryKey,
+        attrs: &entry::EntryAttrs,
+    ) -> Result<HeldEntry, CacheError> {
+        let final_path = self.layout.entry_path(key);
+        let parent = final_path.parent().expect("entry path has a parent");
+        fs::create_dir_all(parent).map_err(|e| CacheError::io(parent, e))?;
+        if !same_filesystem(source, &self.layout.tmp_dir()) {
+            return self.publish_copy(source, key, attrs);
+        }
+        let held = open_shared(source).map_err(|e| CacheError::io(source, e))?;
+        entry::write_attrs(source, attrs);
+        set_mode(source, 0o644)?;
+        if let Err(e) = fs::rename(source, &final_path) {
+            set_mode(source, 0o600)?;
+            return match e.raw_os_error() {
+                // Another mount of the same filesystem: rename cannot cross it.
+                Some(libc::EXDEV) => self.publish_copy(source, key, attrs),
+                _ => Err(CacheError::io(&final_path, e)),
+            };
+        }
+        File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| CacheError::io(parent, e))?;
+        let cached = CachedFile {
+            path: final_path,
+            xxh3: attrs.xxh3,
+            fetched: true,
+        };
+        Ok(HeldEntry { file: held, cached })
+    }
+
+    /// [`Cache::publish`] of a file on another filesystem: copied into `tmp/`, synced, then
+    /// published from there; the source stays where it is.
+    fn publish_copy(
+        &self,
+        source: &Path,
+        key: &EntryKey,
+        attrs: &entry::EntryAttrs,
+    ) -> Result<HeldEntry, CacheError> {
+        let tmp = self.new_temporary(key)?;
+        fs::copy(source, tmp.path()).map_err(|e| CacheError::io(tmp.path(), e))?;
+        sync_file(tmp.path())?;
+        self.publish_temporary(tmp, key, attrs)
+    }
+
+    /// Removes this process's own temporaries: at shutdown, after unmounting, downloads
+    /// that were cut short must not leave files behind.
+    pub fn remove_own_temporaries(&self) {
+        let suffix = format!(".{}.", std::process::id());
+        for entry in fs::read_dir(self.layout.tmp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().contains(&suffix) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Removes temporaries whose writer died: for one entry whose lock the caller holds,
     /// or (at start) all whose entry lock nobody holds.
-    fn remove_stale_temporaries(&self, held: Option<&EntryKey>) {
+    pub fn remove_stale_temporaries(&self, held: Option<&EntryKey>) {
         let Ok(entries) = fs::read_dir(self.layout.tmp_dir()) else {
             return;
         };
@@ -485,23 +455,33 @@ impl Cache {
     }
 }
 
-fn cache_dirs(layout: &Layout) -> [PathBuf; 4] {
+fn set_mode(path: &Path, mode: u32) -> Result<(), CacheError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| CacheError::io(path, e))
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => true, // let the rename decide
+    }
+}
+
+/// fsyncs a file's data and metadata.
+pub fn sync_file(path: &Path) -> Result<(), CacheError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| CacheError::io(path, e))
+}
+
+fn cache_dirs(layout: &Layout) -> [PathBuf; 5] {
     [
         layout.root().to_path_buf(),
         layout.entries_dir(),
         layout.tmp_dir(),
         layout.locks_dir(),
+        layout.staging_dir(),
     ]
-}
-
-/// Recreates whichever of the cache's directories went missing.
-fn ensure_dirs(layout: &Layout) -> Result<(), CacheError> {
-    for dir in cache_dirs(layout) {
-        if !dir.is_dir() {
-            create_private_dir(&dir)?;
-        }
-    }
-    Ok(())
 }
 
 fn lock_id(layout: &Layout, key: &EntryKey) -> String {
@@ -520,68 +500,22 @@ fn open_shared(path: &Path) -> std::io::Result<File> {
     Ok(file)
 }
 
-/// A complete entry at `path`, if there is one of the expected size, opened and
-/// shared-locked (an entry evicted meanwhile is simply not found).
-fn lookup(path: &Path, size: u64) -> Option<(CachedFile, File)> {
-    let file = open_shared(path).ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() || meta.len() != size {
-        return None;
-    }
-    let cached = CachedFile {
-        path: path.to_path_buf(),
-        xxh3: entry::read_digest(path),
-        fetched: false,
-    };
-    Some((cached, file))
-}
-
-fn lock_exclusive(path: &Path) -> Result<File, CacheError> {
-    let setup = |source| CacheError::Setup {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o644)
-        .open(path)
-        .map_err(setup)?;
-    file.lock_exclusive().map_err(setup)?;
-    Ok(file)
-}
-
-fn sync_file(path: &Path) -> Result<(), FetchError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| FetchError::io(path, e))
-}
-
-/// Makes a verified temporary visible: record what it is, fix its mode, rename it into
-/// place and fsync the directory so the rename survives a crash.
-fn publish(tmp: &Path, final_path: &Path, attrs: &entry::EntryAttrs) -> Result<(), FetchError> {
-    let parent = final_path.parent().expect("entry path has a parent");
-    fs::create_dir_all(parent).map_err(|e| FetchError::io(parent, e))?;
-    entry::write_attrs(tmp, attrs);
-    fs::set_permissions(tmp, fs::Permissions::from_mode(0o644))
-        .map_err(|e| FetchError::io(tmp, e))?;
-    fs::rename(tmp, final_path).map_err(|e| FetchError::io(final_path, e))?;
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| FetchError::io(parent, e))
-}
-
 fn create_private_dir(dir: &Path) -> Result<(), CacheError> {
     let setup = |source| CacheError::Setup {
         path: dir.display().to_string(),
         source,
     };
     fs::create_dir_all(dir).map_err(setup)?;
-    // Readable by every local user, writable only by the owner.
+    // Readable by every local user, writable only by the owner; staged writes are the
+    // users' own data, so nobody else may even list them.
+    let closed = if dir.file_name() == Some(std::ffi::OsStr::new(layout::STAGING_DIR)) {
+        0o077
+    } else {
+        0o022
+    };
     let mode = fs::metadata(dir).map_err(setup)?.permissions().mode() & 0o777;
-    if mode & 0o022 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode & !0o022)).map_err(setup)?;
+    if mode & closed != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & !closed)).map_err(setup)?;
     }
     Ok(())
 }

@@ -3,9 +3,9 @@
 //! terminal, periodic log lines otherwise; a non-zero exit and a summary naming each
 //! failure when any file could not be fetched.
 
+use crate::app::Pipeline;
 use crate::cache::layout::EntryKey;
-use crate::cache::Cache;
-use crate::cli::PrefetchArgs;
+use crate::config::PrefetchConfig;
 use crate::fetch::ProgressSink;
 use crate::fs::names::posix_name;
 use crate::location::Location;
@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 /// How often progress is logged when stderr is not a terminal.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
-pub fn run(args: PrefetchArgs) -> Result<()> {
+pub fn run(config: PrefetchConfig) -> Result<()> {
     let runtime = crate::app::runtime()?;
-    runtime.block_on(prefetch(args))
+    runtime.block_on(prefetch(config))
 }
 
 /// Every blob under the location that the mount would show, with its path relative to the
@@ -156,10 +156,8 @@ impl ProgressSink for Progress {
     }
 }
 
-async fn prefetch(args: PrefetchArgs) -> Result<()> {
-    let storage = args.storage.to_config();
-    let azure = Arc::new(storage.connect(&args.location)?);
-    let store: Arc<dyn BlobStore> = azure.clone();
+async fn prefetch(args: PrefetchConfig) -> Result<()> {
+    let store = crate::app::connect(&args.storage, &args.location)?;
     let all = list_all(store.as_ref(), &args.location).await?;
     let (files, unmatched) = select(all, &args.paths);
     let total_bytes: u64 = files.iter().map(|(_, m)| m.size).sum();
@@ -179,22 +177,7 @@ async fn prefetch(args: PrefetchArgs) -> Result<()> {
         done: AtomicU64::new(0),
         bar,
     });
-    let cache = Arc::new(
-        Cache::open_bounded(
-            &args.cache.cache_dir,
-            args.fetch.require_digest,
-            args.cache.bounds(),
-        )
-        .context("opening the cache directory")?
-        .with_progress(progress.clone()),
-    );
-    let fetcher = crate::app::build_fetcher(
-        &args.fetch,
-        &args.cache.cache_dir,
-        storage.retry,
-        Arc::clone(&store),
-        azure,
-    );
+    let pipeline = Pipeline::build(store, &args.cache, &args.fetch, Some(progress.clone()))?;
     let started = Instant::now();
     let files_done = Arc::new(AtomicU64::new(0));
     let file_count = files.len() as u64;
@@ -214,13 +197,12 @@ async fn prefetch(args: PrefetchArgs) -> Result<()> {
     });
     let results: Vec<(String, Result<bool, String>)> = stream::iter(files)
         .map(|(relative, meta)| {
-            let (cache, fetcher, location) =
-                (Arc::clone(&cache), Arc::clone(&fetcher), &args.location);
+            let (materialiser, location) = (Arc::clone(&pipeline.materialiser), &args.location);
             let (progress, files_done) = (Arc::clone(&progress), Arc::clone(&files_done));
             async move {
                 let key = EntryKey::for_blob(location, &meta);
-                let result = cache
-                    .get_or_fetch(&key, &meta, fetcher.as_ref())
+                let result = materialiser
+                    .ensure(&key, &meta)
                     .await
                     .map(|c| c.fetched)
                     .map_err(|e| e.to_string());
@@ -273,7 +255,7 @@ async fn prefetch(args: PrefetchArgs) -> Result<()> {
         "prefetch: {} files ({total_bytes} bytes) in {:.1} s into {}: {downloaded} downloaded, {cached} already cached, {} failed",
         downloaded + cached,
         started.elapsed().as_secs_f64(),
-        args.cache.cache_dir.display(),
+        args.cache.dir.display(),
         failures.len()
     );
     if failures.is_empty() {

@@ -13,7 +13,7 @@
 //! - A machine-wide file lock keeps azcopy runs one at a time across all processes.
 
 use super::sizing::AzcopyEnv;
-use super::{FetchError, FetchReport, Fetcher, ProgressSink};
+use super::{FetchError, FetchJob, FetchReport, Fetcher, FetcherKind, ProgressSink};
 use crate::storage::{redact_sas, BlobMeta, ReadAccess, ReadUrlSigner};
 use async_trait::async_trait;
 use fs2::FileExt;
@@ -41,10 +41,29 @@ pub struct AzcopyConfig {
     pub stall_timeout: Duration,
 }
 
+/// How a download may use the node's one azcopy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzcopyUse {
+    /// Not at all: the native fetcher downloads it.
+    Never,
+    /// Only if no other azcopy job runs on the node right now.
+    IfFree,
+    /// Waiting for the node's azcopy lock as long as it takes.
+    Wait,
+}
+
+/// What became of a request to download with azcopy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AzcopyRun {
+    /// azcopy downloaded the file.
+    Fetched,
+    /// azcopy did not run: another job held the node's azcopy ([`AzcopyUse::IfFree`]), or
+    /// it was not to be used at all ([`AzcopyUse::Never`]). Nothing was written.
+    NotRun,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AzcopyError {
-    #[error("another azcopy job holds the node's azcopy lock")]
-    Busy,
     #[error("could not start {binary}: {source}")]
     Spawn {
         binary: String,
@@ -115,8 +134,8 @@ impl AzcopyFetcher {
     }
 
     /// Takes the node's azcopy lock: waiting for it (in a blocking thread, no polling), or
-    /// only if it is free right now.
-    async fn lock(&self, wait: bool) -> Result<File, AzcopyError> {
+    /// only if it is free right now (`None` when it is not).
+    async fn lock_node(&self, wait: bool) -> Result<Option<File>, AzcopyError> {
         let path = self.lock_path();
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent() {
@@ -132,24 +151,32 @@ impl AzcopyFetcher {
                 file.lock_exclusive()
                     .map_err(|e| FetchError::io(&path, e))?;
             } else if file.try_lock_exclusive().is_err() {
-                return Err(AzcopyError::Busy);
+                return Ok(None);
             }
-            Ok(file)
+            Ok(Some(file))
         })
         .await
         .expect("lock task panicked")
     }
 
-    /// Downloads `meta` into `dest` with azcopy. With `wait` false, returns
-    /// [`AzcopyError::Busy`] at once when another azcopy job runs on the node.
-    pub async fn fetch_locked(
+    /// Downloads `meta` into `dest` with azcopy, holding the node's azcopy lock. With
+    /// [`AzcopyUse::IfFree`], returns [`AzcopyRun::NotRun`] at once when another azcopy
+    /// job runs on the node.
+    pub async fn fetch_under_node_lock(
         &self,
         meta: &BlobMeta,
         dest: &Path,
-        wait: bool,
+        use_: AzcopyUse,
         progress: &dyn ProgressSink,
-    ) -> Result<(), AzcopyError> {
-        let _lock = self.lock(wait).await?;
+    ) -> Result<AzcopyRun, AzcopyError> {
+        let wait = match use_ {
+            AzcopyUse::Never => return Ok(AzcopyRun::NotRun),
+            AzcopyUse::IfFree => false,
+            AzcopyUse::Wait => true,
+        };
+        let Some(_node_lock) = self.lock_node(wait).await? else {
+            return Ok(AzcopyRun::NotRun);
+        };
         for dir in [self.logs_dir(), self.plans_dir()] {
             std::fs::create_dir_all(&dir).map_err(|e| FetchError::io(&dir, e))?;
         }
@@ -183,7 +210,7 @@ impl AzcopyFetcher {
                 actual,
             });
         }
-        Ok(())
+        Ok(AzcopyRun::Fetched)
     }
 
     async fn run(
@@ -386,27 +413,39 @@ impl Job {
     }
 }
 
+impl AzcopyFetcher {
+    /// [`AzcopyFetcher::fetch_under_node_lock`] for a [`FetchJob`]: the whole file is
+    /// recorded as landed once azcopy is done (it writes in an order nobody sees).
+    pub async fn fetch_job(
+        &self,
+        job: &FetchJob<'_>,
+        use_: AzcopyUse,
+    ) -> Result<AzcopyRun, AzcopyError> {
+        let run = self
+            .fetch_under_node_lock(job.meta, job.dest, use_, job.progress)
+            .await?;
+        if run == AzcopyRun::Fetched {
+            job.landed.add(0..job.meta.size);
+        }
+        Ok(run)
+    }
+}
+
+/// azcopy alone, waiting for the node's azcopy as long as it takes.
 #[async_trait]
 impl Fetcher for AzcopyFetcher {
-    async fn fetch(
-        &self,
-        meta: &BlobMeta,
-        dest: &Path,
-        progress: &dyn ProgressSink,
-    ) -> Result<FetchReport, FetchError> {
-        self.fetch_locked(meta, dest, true, progress)
-            .await
-            .map(|()| FetchReport {
-                fetcher: "azcopy",
+    async fn fetch(&self, job: &FetchJob<'_>) -> Result<FetchReport, FetchError> {
+        match self.fetch_job(job, AzcopyUse::Wait).await {
+            Ok(_) => Ok(FetchReport {
+                fetcher: FetcherKind::Azcopy,
                 digests: None,
-            })
-            .map_err(|e| match e {
-                AzcopyError::Fetch(f) => f,
-                other => FetchError::Tool {
-                    tool: "azcopy",
-                    message: other.to_string(),
-                },
-            })
+            }),
+            Err(AzcopyError::Fetch(f)) => Err(f),
+            Err(other) => Err(FetchError::Tool {
+                tool: FetcherKind::Azcopy,
+                message: other.to_string(),
+            }),
+        }
     }
 }
 

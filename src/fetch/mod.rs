@@ -1,16 +1,19 @@
-//! Fetchers materialise one blob version into a local temporary file; [`verify`] then checks
-//! the bytes before the cache makes them visible. The native fetcher lives here; azcopy
-//! joins it behind the same trait.
+//! Fetchers download one blob version, whole, into a local temporary file, recording which
+//! byte ranges have landed ([`landed`]) and, where they see the bytes, hashing as they go.
+//! They never verify or publish: [`crate::materialise`] does. The native fetcher and azcopy
+//! sit behind the same trait; [`select`] picks one per blob.
 
 pub mod azcopy;
+pub mod landed;
 pub mod native;
 pub mod select;
 pub mod sizing;
-pub mod verify;
 
-use crate::digest::DigestError;
+use crate::digest::Digests;
+use crate::error::{io_kind, Classify, ErrorKind};
 use crate::storage::{BlobMeta, StorageError};
 use async_trait::async_trait;
+use landed::Landed;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,21 +25,8 @@ pub enum FetchError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{algo} mismatch for {blob:?}: metadata says {expected}, the downloaded bytes hash to {actual}; the blob is corrupt or its metadata is wrong")]
-    DigestMismatch {
-        blob: String,
-        algo: &'static str,
-        expected: String,
-        actual: String,
-    },
-    #[error("{blob:?} has neither an xxh3_128 digest in its metadata nor Content-MD5, and --require-digest refuses unverifiable blobs")]
-    MissingDigest { blob: String },
-    #[error("{blob:?} has an unusable digest in its metadata: {source}")]
-    BadDigestMetadata { blob: String, source: DigestError },
-    #[error("adlsfs is shutting down; the download was abandoned")]
-    Cancelled,
     #[error("{tool}: {message}")]
-    Tool { tool: &'static str, message: String },
+    Tool { tool: FetcherKind, message: String },
     #[error("{blob:?}: received {actual} bytes, expected {expected}")]
     SizeMismatch {
         blob: String,
@@ -52,39 +42,67 @@ impl FetchError {
             source,
         }
     }
+}
 
-    /// The local disk is full (or over quota).
-    pub fn is_no_space(&self) -> bool {
-        matches!(self, FetchError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+impl Classify for FetchError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            FetchError::Storage(e) => e.kind(),
+            FetchError::Io { source, .. } => io_kind(source),
+            FetchError::Tool { .. } => ErrorKind::Other,
+            FetchError::SizeMismatch { .. } => ErrorKind::Corrupt,
+        }
+    }
+}
+
+impl crate::storage::Retryable for FetchError {
+    fn is_transient(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+    }
+}
+
+/// Which fetcher downloaded a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FetcherKind {
+    Native,
+    Azcopy,
+}
+
+impl FetcherKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FetcherKind::Native => "native",
+            FetcherKind::Azcopy => "azcopy",
+        }
+    }
+}
+
+impl std::fmt::Display for FetcherKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 /// What a completed fetch reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchReport {
-    /// The fetcher that actually downloaded the file ("native", "azcopy").
-    pub fetcher: &'static str,
+    /// The fetcher that actually downloaded the file.
+    pub fetcher: FetcherKind,
     /// Digests computed while downloading, so verification needs no second pass; `None`
     /// when the fetcher could not see the bytes (azcopy).
-    pub digests: Option<StreamedDigests>,
+    pub digests: Option<Digests>,
 }
 
-/// Digests of a file computed as it was written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamedDigests {
-    pub xxh3: crate::digest::Xxh3Digest,
-    /// Only computed when verification will need it (no xxh3 metadata, Content-MD5 present).
-    pub md5: Option<crate::digest::Md5Digest>,
-}
-
-impl StreamedDigests {
-    pub fn of(data: &[u8], with_md5: bool) -> Self {
-        Self {
-            xxh3: crate::digest::xxh3_128(data),
-            md5: with_md5.then(|| crate::digest::md5(data)),
-        }
-    }
+/// One download: which blob version, into which file, and whom to tell.
+pub struct FetchJob<'a> {
+    pub meta: &'a BlobMeta,
+    /// An existing, empty file in the cache's `tmp/`.
+    pub dest: &'a Path,
+    pub progress: &'a dyn ProgressSink,
+    /// Where the fetcher records each byte range as it is written.
+    pub landed: &'a Landed,
+    /// Verification will need an MD5 (no xxh3 metadata, but Content-MD5): compute it too.
+    pub hash_md5: bool,
 }
 
 /// Live progress of downloads, the one interface every fetcher reports to (a progress
@@ -102,14 +120,9 @@ impl ProgressSink for NoProgress {
     fn progress(&self, _blob: &str, _done: u64, _total: u64) {}
 }
 
-/// Downloads one blob version, whole, into `dest` (an existing, empty file), reporting
-/// progress as it goes.
+/// Downloads one blob version, whole, into `job.dest`, recording landed ranges and
+/// reporting progress as it goes.
 #[async_trait]
 pub trait Fetcher: Send + Sync + 'static {
-    async fn fetch(
-        &self,
-        meta: &BlobMeta,
-        dest: &Path,
-        progress: &dyn ProgressSink,
-    ) -> Result<FetchReport, FetchError>;
+    async fn fetch(&self, job: &FetchJob<'_>) -> Result<FetchReport, FetchError>;
 }

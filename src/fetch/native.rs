@@ -5,14 +5,18 @@
 //!   batches of at most [`WRITE_BATCH`] bytes, so at most `parallelism` batches (plus the
 //!   HTTP client's buffers) are in memory.
 //! - Space is reserved with `fallocate` first, so a full disk fails at once.
-//! - Hashing overlaps the download: a follower hashes the contiguous prefix written so
-//!   far (through a read-only mapping, no copy), so verification needs no second pass.
+//! - Every batch written is recorded in the job's [`Landed`] ranges.
+//! - Hashing overlaps the download: a follower hashes the contiguous landed prefix
+//!   (through a read-only mapping, no copy), so verification needs no second pass.
+//! - A range that meets a transient fault resumes from its first byte not yet written
+//!   ([`RetryPolicy::run`]), until the retry budget is spent.
 //! - Write-back starts as batches land (`sync_file_range`), so the final fsync has little
 //!   left to do.
 
-use super::{FetchError, FetchReport, Fetcher, ProgressSink, StreamedDigests};
-use crate::digest::{Md5Digest, Xxh3Hasher};
-use crate::storage::{jittered, BlobMeta, BlobStore, RetryPolicy, StorageError};
+use super::landed::{Landed, LandedState};
+use super::{FetchError, FetchJob, FetchReport, Fetcher, FetcherKind, ProgressSink};
+use crate::digest::{Digests, Hasher};
+use crate::storage::{BlobMeta, BlobStore, RetryPolicy, StorageError};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -55,6 +59,30 @@ pub struct NativeFetcher {
     config: NativeConfig,
 }
 
+/// One byte range of one download, and everything its GETs write to.
+struct RangeJob<'a> {
+    meta: &'a BlobMeta,
+    range: Range<u64>,
+    file: &'a Arc<File>,
+    dest: &'a Path,
+    landed: &'a Landed,
+    progress: &'a dyn ProgressSink,
+    /// Bytes written by all ranges of the download, for progress reports.
+    total: &'a AtomicU64,
+}
+
+impl RangeJob<'_> {
+    /// Writes one batch at `offset` and records it as landed.
+    async fn write(&self, data: Bytes, offset: u64) -> Result<u64, FetchError> {
+        let n = data.len() as u64;
+        write_batch(self.file, data, offset, self.dest).await?;
+        self.landed.add(offset..offset + n);
+        let now = self.total.fetch_add(n, Ordering::SeqCst) + n;
+        self.progress.progress(&self.meta.name, now, self.meta.size);
+        Ok(n)
+    }
+}
+
 impl NativeFetcher {
     pub fn new(store: Arc<dyn BlobStore>, config: NativeConfig) -> Self {
         Self { store, config }
@@ -73,75 +101,34 @@ impl NativeFetcher {
             .map(|i| i * chunk..((i + 1) * chunk).min(size))
             .collect()
     }
-}
 
-impl NativeFetcher {
     /// Downloads one range into place, resuming after transient faults from the first
     /// byte not yet written, until the retry budget is spent.
-    #[allow(clippy::too_many_arguments)]
-    async fn fetch_range(
-        &self,
-        meta: &BlobMeta,
-        index: usize,
-        range: Range<u64>,
-        file: &Arc<File>,
-        written: &Written,
-        dest: &Path,
-        on_written: &(dyn Fn(u64) + Sync),
-    ) -> Result<(), FetchError> {
-        let policy = self.config.retry;
-        let started = std::time::Instant::now();
-        let mut backoff = policy.initial_backoff;
-        let mut offset = range.start;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let err = match self
-                .stream_into(
-                    meta,
-                    index,
-                    offset..range.end,
-                    file,
-                    written,
-                    dest,
-                    on_written,
-                    &mut offset,
-                )
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            let transient = matches!(&err, FetchError::Storage(e) if e.is_transient());
-            let wait = jittered(backoff);
-            if !transient || started.elapsed() + wait >= policy.budget {
-                if transient {
-                    tracing::warn!(blob = %meta.name, range = ?range, attempts, error = %err, "giving up on a range: retry budget spent");
+    async fn fetch_range(&self, job: RangeJob<'_>) -> Result<(), FetchError> {
+        // The first byte not yet written, kept across attempts.
+        let written_to = AtomicU64::new(job.range.start);
+        let (job, written_to) = (&job, &written_to);
+        self.config
+            .retry
+            .run(|| async move {
+                let mut offset = written_to.load(Ordering::SeqCst);
+                if offset > job.range.start {
+                    tracing::info!(blob = %job.meta.name, range = ?job.range, resume_at = offset, "resuming the range");
                 }
-                return Err(err);
-            }
-            tracing::info!(blob = %meta.name, resume_at = offset, attempt = attempts, error = %err, "transient fault; resuming the range");
-            tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(policy.max_backoff);
-        }
+                let result = self.stream_into(job, &mut offset).await;
+                written_to.store(offset, Ordering::SeqCst);
+                result
+            })
+            .await
     }
 
-    /// One GET of `range`, streamed to disk; `offset` tracks the first byte not written.
-    #[allow(clippy::too_many_arguments)]
-    async fn stream_into(
-        &self,
-        meta: &BlobMeta,
-        index: usize,
-        range: Range<u64>,
-        file: &Arc<File>,
-        written: &Written,
-        dest: &Path,
-        on_written: &(dyn Fn(u64) + Sync),
-        offset: &mut u64,
-    ) -> Result<(), FetchError> {
+    /// One GET of the rest of the range, streamed to disk; `offset` tracks the first byte
+    /// not written.
+    async fn stream_into(&self, job: &RangeJob<'_>, offset: &mut u64) -> Result<(), FetchError> {
+        let (meta, end) = (job.meta, job.range.end);
         let mut body = self
             .store
-            .read_stream(&meta.name, Some(range.clone()), &meta.etag)
+            .read_stream(&meta.name, Some(*offset..end), &meta.etag)
             .await?;
         let mut batch = BytesMut::new();
         loop {
@@ -150,80 +137,39 @@ impl NativeFetcher {
                 Err(e) => {
                     // Keep what arrived before the fault: the retry resumes after it.
                     if !batch.is_empty() {
-                        let data = batch.split().freeze();
-                        let n = data.len() as u64;
-                        write_batch(file, data, *offset, dest).await?;
-                        *offset += n;
-                        written.add(index, n);
-                        on_written(n);
+                        *offset += job.write(batch.split().freeze(), *offset).await?;
                     }
                     return Err(e.into());
                 }
             };
             if let Some(piece) = &piece {
-                if *offset + (batch.len() + piece.len()) as u64 > range.end {
-                    return Err(short_body(meta, &range, "more bytes than asked for"));
+                if *offset + (batch.len() + piece.len()) as u64 > end {
+                    return Err(short_body(meta, &job.range, "more bytes than asked for"));
                 }
                 batch.extend_from_slice(piece);
             }
             if batch.len() >= WRITE_BATCH || (piece.is_none() && !batch.is_empty()) {
-                let data = batch.split().freeze();
-                let n = data.len() as u64;
-                write_batch(file, data, *offset, dest).await?;
-                *offset += n;
-                written.add(index, n);
-                on_written(n);
+                *offset += job.write(batch.split().freeze(), *offset).await?;
             }
             if piece.is_none() {
                 break;
             }
         }
-        if *offset != range.end {
+        if *offset != end {
             return Err(short_body(
                 meta,
-                &range,
-                &format!("the body ended after {} bytes", *offset - range.start),
+                &job.range,
+                &format!("the body ended after {} bytes", *offset - job.range.start),
             ));
         }
         Ok(())
     }
 }
 
-/// Bytes written per range, and the length of the fully written prefix of the file.
-struct Written {
-    ranges: Vec<Range<u64>>,
-    done: Vec<AtomicU64>,
-    prefix: tokio::sync::watch::Sender<u64>,
-}
-
-impl Written {
-    fn add(&self, range_index: usize, n: u64) {
-        self.done[range_index].fetch_add(n, Ordering::SeqCst);
-        let mut prefix = 0;
-        for (r, done) in self.ranges.iter().zip(&self.done) {
-            let d = done.load(Ordering::SeqCst);
-            prefix += d;
-            if d < r.end - r.start {
-                break;
-            }
-        }
-        self.prefix.send_if_modified(|p| {
-            let grew = prefix > *p;
-            *p = prefix.max(*p);
-            grew
-        });
-    }
-}
-
 #[async_trait]
 impl Fetcher for NativeFetcher {
-    async fn fetch(
-        &self,
-        meta: &BlobMeta,
-        dest: &Path,
-        progress: &dyn ProgressSink,
-    ) -> Result<FetchReport, FetchError> {
-        let want_md5 = super::verify::needs_md5(meta);
+    async fn fetch(&self, job: &FetchJob<'_>) -> Result<FetchReport, FetchError> {
+        let (meta, dest) = (job.meta, job.dest);
         // Truncate: a fallback after a failed azcopy run may find a partial file here.
         let file = File::options()
             .write(true)
@@ -240,49 +186,45 @@ impl Fetcher for NativeFetcher {
                     actual: data.len() as u64,
                 });
             }
-            progress.progress(&meta.name, 0, 0);
+            job.progress.progress(&meta.name, 0, 0);
             return Ok(FetchReport {
-                fetcher: "native",
-                digests: Some(StreamedDigests::of(&[], want_md5)),
+                fetcher: FetcherKind::Native,
+                digests: Some(Hasher::new(job.hash_md5).finish()),
             });
         }
         reserve_space(&file, meta.size).map_err(|e| FetchError::io(dest, e))?;
         let file = Arc::new(file);
-        let ranges = self.ranges(meta.size);
-        let (prefix, prefix_rx) = tokio::sync::watch::channel(0u64);
-        let written = Arc::new(Written {
-            done: ranges.iter().map(|_| AtomicU64::new(0)).collect(),
-            ranges: ranges.clone(),
-            prefix,
-        });
+        let (stop_follower, stopped) = tokio::sync::oneshot::channel::<()>();
         let follower = tokio::spawn(follow_and_hash(
             dest.to_path_buf(),
             meta.size,
-            prefix_rx,
-            want_md5,
+            job.landed.watch(),
+            stopped,
+            job.hash_md5,
         ));
-        let total = &AtomicU64::new(0);
-        let download = stream::iter(ranges.into_iter().enumerate())
-            .map(|(index, range)| {
-                let (file, written) = (Arc::clone(&file), Arc::clone(&written));
-                async move {
-                    self.fetch_range(meta, index, range, &file, &written, dest, &|n| {
-                        let now = total.fetch_add(n, Ordering::SeqCst) + n;
-                        progress.progress(&meta.name, now, meta.size);
-                    })
-                    .await
-                }
+        let total = AtomicU64::new(0);
+        let download = stream::iter(self.ranges(meta.size))
+            .map(|range| {
+                self.fetch_range(RangeJob {
+                    meta,
+                    range,
+                    file: &file,
+                    dest,
+                    landed: job.landed,
+                    progress: job.progress,
+                    total: &total,
+                })
             })
             .buffer_unordered(self.config.parallelism.max(1))
             .try_collect::<()>()
             .await;
-        // Closing the channel lets the follower finish (or give up after a failure).
-        drop(written);
+        // The follower finishes what has landed, then stops (short, after a failure).
+        drop(stop_follower);
         let digests = follower.await.expect("hash follower panicked");
         download?;
         let digests = digests.map_err(|e| FetchError::io(dest, e))?;
         Ok(FetchReport {
-            fetcher: "native",
+            fetcher: FetcherKind::Native,
             digests,
         })
     }
@@ -327,53 +269,49 @@ async fn write_batch(
 /// daemon's resident set, large enough that mapping costs nothing measurable.
 const HASH_WINDOW: u64 = 16 << 20;
 
-/// Hashes the file's written prefix as it grows. Returns the digests once all `size`
-/// bytes were hashed, or `None` when the download stopped short.
+/// Hashes the file's landed prefix as it grows. Returns the digests once all `size`
+/// bytes were hashed, or `None` when `stop` came (the download is over) short of that.
 async fn follow_and_hash(
     path: std::path::PathBuf,
     size: u64,
-    mut prefix: tokio::sync::watch::Receiver<u64>,
-    want_md5: bool,
-) -> std::io::Result<Option<StreamedDigests>> {
+    mut landed: tokio::sync::watch::Receiver<LandedState>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+    hash_md5: bool,
+) -> std::io::Result<Option<Digests>> {
     let reader = Arc::new(File::open(&path)?);
-    let mut state = (
-        Xxh3Hasher::new(),
-        want_md5.then(<md5::Md5 as md5::Digest>::new),
-    );
+    let mut hasher = Hasher::new(hash_md5);
     let mut hashed = 0u64;
+    let mut stopped = false;
     loop {
-        let target = *prefix.borrow_and_update();
+        let target = landed.borrow_and_update().ranges.prefix();
         if target > hashed {
             let reader = Arc::clone(&reader);
             let from = hashed;
-            state = tokio::task::spawn_blocking(move || hash_range(&reader, from, target, state))
+            hasher = tokio::task::spawn_blocking(move || hash_range(&reader, from, target, hasher))
                 .await
                 .expect("hash task panicked")?;
             hashed = target;
         }
         if hashed == size {
-            let (xxh3, md5) = state;
-            return Ok(Some(StreamedDigests {
-                xxh3: xxh3.finish(),
-                md5: md5.map(|m| Md5Digest(md5::Digest::finalize(m).into())),
-            }));
+            return Ok(Some(hasher.finish()));
         }
-        if prefix.changed().await.is_err() && *prefix.borrow() == hashed {
+        if stopped && landed.borrow().ranges.prefix() == hashed {
             return Ok(None);
+        }
+        tokio::select! {
+            changed = landed.changed() => {
+                if changed.is_err() {
+                    return Ok(None);
+                }
+            }
+            _ = &mut stop, if !stopped => stopped = true,
         }
     }
 }
 
-type HashState = (Xxh3Hasher, Option<md5::Md5>);
-
-/// Feeds bytes `from..to` of the file to the hashers through read-only mappings of at
+/// Feeds bytes `from..to` of the file to the hasher through read-only mappings of at
 /// most [`HASH_WINDOW`] bytes (no copy; unmapped as soon as hashed).
-fn hash_range(
-    file: &File,
-    from: u64,
-    to: u64,
-    (mut xxh3, mut md5): HashState,
-) -> std::io::Result<HashState> {
+fn hash_range(file: &File, from: u64, to: u64, mut hasher: Hasher) -> std::io::Result<Hasher> {
     let mut at = from;
     while at < to {
         let len = (to - at).min(HASH_WINDOW);
@@ -390,14 +328,10 @@ fn hash_range(
                 .len((at - page_start + len) as usize)
                 .map(file)?
         };
-        let bytes = &map[(at - page_start) as usize..];
-        xxh3.update(bytes);
-        if let Some(m) = md5.as_mut() {
-            md5::Digest::update(m, bytes);
-        }
+        hasher.update(&map[(at - page_start) as usize..]);
         at += len;
     }
-    Ok((xxh3, md5))
+    Ok(hasher)
 }
 
 /// Allocates the file's blocks up front, so a full disk fails now rather than after
@@ -467,14 +401,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("d");
         std::fs::write(&dest, b"").unwrap();
-        let report = fetcher
-            .fetch(&meta, &dest, &super::super::NoProgress)
-            .await
-            .unwrap();
+        let landed = Landed::new(meta.size);
+        let job = FetchJob {
+            meta: &meta,
+            dest: &dest,
+            progress: &super::super::NoProgress,
+            landed: &landed,
+            hash_md5: true,
+        };
+        let report = fetcher.fetch(&job).await.unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), data);
         let digests = report.digests.unwrap();
         assert_eq!(digests.xxh3, crate::digest::xxh3_128(&data));
-        // MemoryStore records Content-MD5 but no xxh3: the MD5 is computed too.
         assert_eq!(digests.md5, Some(crate::digest::md5(&data)));
+        assert!(landed.is_complete(), "every range recorded as landed");
     }
 }

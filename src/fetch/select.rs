@@ -10,15 +10,14 @@
 //! Whenever azcopy fails (missing, crashed, refused, stalled), the file is fetched natively
 //! instead and the reason is logged: users never see a failure native could have served.
 
-use super::azcopy::{AzcopyError, AzcopyFetcher};
+use super::azcopy::{AzcopyFetcher, AzcopyRun, AzcopyUse};
 use super::native::NativeFetcher;
-use super::{FetchError, FetchReport, Fetcher, ProgressSink};
-use crate::storage::BlobMeta;
+use super::{FetchError, FetchJob, FetchReport, Fetcher, FetcherKind};
 use async_trait::async_trait;
-use std::path::Path;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// `--fetcher`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FetcherMode {
     Auto,
     Azcopy,
@@ -27,6 +26,15 @@ pub enum FetcherMode {
 
 /// Smallest blob `--fetcher azcopy` hands to azcopy when `--azcopy-min-size` is not set.
 pub const AZCOPY_FLOOR: u64 = 20 << 20;
+
+/// The selection rule: how a blob of `size` bytes may use azcopy.
+pub fn azcopy_use(mode: FetcherMode, azcopy_min_size: Option<u64>, size: u64) -> AzcopyUse {
+    match (mode, azcopy_min_size) {
+        (FetcherMode::Auto, Some(min)) if size >= min => AzcopyUse::IfFree,
+        (FetcherMode::Azcopy, min) if size >= min.unwrap_or(AZCOPY_FLOOR) => AzcopyUse::Wait,
+        _ => AzcopyUse::Never,
+    }
+}
 
 pub struct SelectingFetcher {
     mode: FetcherMode,
@@ -53,27 +61,18 @@ impl SelectingFetcher {
 
 #[async_trait]
 impl Fetcher for SelectingFetcher {
-    async fn fetch(
-        &self,
-        meta: &BlobMeta,
-        dest: &Path,
-        progress: &dyn ProgressSink,
-    ) -> Result<FetchReport, FetchError> {
-        let wait = match (self.mode, self.azcopy_min_size) {
-            (FetcherMode::Native, _) | (FetcherMode::Auto, None) => None,
-            (FetcherMode::Auto, Some(min)) if meta.size >= min => Some(false),
-            (FetcherMode::Azcopy, min) if meta.size >= min.unwrap_or(AZCOPY_FLOOR) => Some(true),
-            _ => None,
-        };
-        if let (Some(wait), Some(azcopy)) = (wait, &self.azcopy) {
-            match azcopy.fetch_locked(meta, dest, wait, progress).await {
-                Ok(()) => {
+    async fn fetch(&self, job: &FetchJob<'_>) -> Result<FetchReport, FetchError> {
+        let meta = job.meta;
+        let use_ = azcopy_use(self.mode, self.azcopy_min_size, meta.size);
+        if let (AzcopyUse::IfFree | AzcopyUse::Wait, Some(azcopy)) = (use_, &self.azcopy) {
+            match azcopy.fetch_job(job, use_).await {
+                Ok(AzcopyRun::Fetched) => {
                     return Ok(FetchReport {
-                        fetcher: "azcopy",
+                        fetcher: FetcherKind::Azcopy,
                         digests: None,
                     })
                 }
-                Err(AzcopyError::Busy) => {
+                Ok(AzcopyRun::NotRun) => {
                     tracing::debug!(blob = %meta.name, "azcopy busy with another file; fetching natively");
                 }
                 Err(e) => {
@@ -81,6 +80,37 @@ impl Fetcher for SelectingFetcher {
                 }
             }
         }
-        self.native.fetch(meta, dest, progress).await
+        self.native.fetch(job).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FetcherMode::{Auto, Azcopy, Native};
+
+    #[test]
+    fn the_selection_rule_as_a_table() {
+        const M: u64 = 1 << 20;
+        #[rustfmt::skip]
+        let table = [
+            // mode, --azcopy-min-size, blob size, expected
+            (Native, None,          1 << 40,  AzcopyUse::Never),
+            (Native, Some(0),       1 << 40,  AzcopyUse::Never),
+            (Auto,   None,          1 << 40,  AzcopyUse::Never),   // native-first
+            (Auto,   Some(64 * M),  64 * M,   AzcopyUse::IfFree),  // never queues
+            (Auto,   Some(64 * M),  64 * M - 1, AzcopyUse::Never),
+            (Azcopy, None,          AZCOPY_FLOOR, AzcopyUse::Wait),
+            (Azcopy, None,          AZCOPY_FLOOR - 1, AzcopyUse::Never), // start-up cost
+            (Azcopy, Some(0),       0,        AzcopyUse::Wait),
+            (Azcopy, Some(8 * M),   7 * M,    AzcopyUse::Never),
+        ];
+        for (mode, min, size, expected) in table {
+            assert_eq!(
+                azcopy_use(mode, min, size),
+                expected,
+                "{mode:?} min {min:?} size {size}"
+            );
+        }
     }
 }

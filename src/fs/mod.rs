@@ -7,10 +7,12 @@ pub mod inode;
 pub mod names;
 
 use crate::cache::layout::EntryKey;
-use crate::cache::{Cache, CacheError, CachedFile};
+use crate::cache::CachedFile;
 use crate::digest::{xxh3_128_file, Xxh3Digest};
-use crate::fetch::Fetcher;
+use crate::error::{Classify, ErrorKind};
 use crate::location::Location;
+use crate::materialise::{MaterialiseError, Materialiser};
+use crate::single_flight::SingleFlight;
 use crate::storage::BlobStore;
 pub use error::FsError;
 use inode::{FileNode, InodeTable, NodeKind};
@@ -75,28 +77,15 @@ pub struct OpenFile {
     pub file: Arc<File>,
 }
 
-/// The blob changed or disappeared since it was listed.
-fn changed_or_gone(e: &CacheError) -> bool {
-    use crate::fetch::FetchError;
-    use crate::storage::StorageError;
-    matches!(
-        e,
-        CacheError::Fetch(FetchError::Storage(
-            StorageError::Changed { .. } | StorageError::NotFound { .. }
-        ))
-    )
-}
-
 pub struct AdlsFs {
     location: Location,
     store: Arc<dyn BlobStore>,
-    cache: Arc<Cache>,
-    fetcher: Arc<dyn Fetcher>,
+    materialiser: Arc<Materialiser>,
     config: FsConfig,
     mounted_at: SystemTime,
     inodes: Mutex<InodeTable>,
     /// One listing per directory at a time; waiters reuse its result.
-    listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
+    listings: SingleFlight<Ino>,
     handles: Mutex<HashMap<u64, OpenFile>>,
     dir_snapshots: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
     next_fh: AtomicU64,
@@ -106,20 +95,18 @@ impl AdlsFs {
     pub fn new(
         location: Location,
         store: Arc<dyn BlobStore>,
-        cache: Arc<Cache>,
-        fetcher: Arc<dyn Fetcher>,
+        materialiser: Arc<Materialiser>,
         config: FsConfig,
     ) -> Self {
         let root_prefix = location.dir_prefix();
         Self {
             location,
             store,
-            cache,
-            fetcher,
+            materialiser,
             config,
             mounted_at: SystemTime::now(),
             inodes: Mutex::new(InodeTable::new(&root_prefix)),
-            listing_locks: Mutex::new(HashMap::new()),
+            listings: SingleFlight::new(),
             handles: Mutex::new(HashMap::new()),
             dir_snapshots: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -145,14 +132,7 @@ impl AdlsFs {
         let Some(_) = is_fresh(&self.table())? else {
             return Ok(());
         };
-        let lock = Arc::clone(
-            self.listing_locks
-                .lock()
-                .expect("listing locks")
-                .entry(dir)
-                .or_default(),
-        );
-        let _guard = lock.lock().await;
+        let _listing = self.listings.enter(dir).await;
         // Whoever held the lock may have just listed it.
         let Some(prefix) = is_fresh(&self.table())? else {
             return Ok(());
@@ -295,7 +275,7 @@ impl AdlsFs {
         EntryKey::for_blob(&self.location, &node.meta)
     }
 
-    fn log_failure(&self, node: &FileNode, e: &CacheError) {
+    fn log_failure(&self, node: &FileNode, e: &MaterialiseError) {
         tracing::error!(
             blob = %self.location.blob_uri(&node.meta.name),
             error = %e,
@@ -306,8 +286,8 @@ impl AdlsFs {
     /// The verified cache file of a file inode, downloading it on first use.
     async fn materialise(&self, node: &FileNode) -> Result<CachedFile> {
         let cached = self
-            .cache
-            .get_or_fetch(&self.entry_key(node), &node.meta, self.fetcher.as_ref())
+            .materialiser
+            .ensure(&self.entry_key(node), &node.meta)
             .await
             .inspect_err(|e| self.log_failure(node, e))?;
         if let Some(d) = cached.xxh3 {
@@ -322,13 +302,14 @@ impl AdlsFs {
             return Err(FsError::ReadOnly);
         }
         let node = self.file_node(ino)?;
-        let (file, cached) = self
-            .cache
-            .open_entry(&self.entry_key(&node), &node.meta, self.fetcher.as_ref())
+        let held = self
+            .materialiser
+            .open(&self.entry_key(&node), &node.meta)
             .await
             .inspect_err(|e| {
                 self.log_failure(&node, e);
-                if changed_or_gone(e) {
+                // The blob changed or disappeared since it was listed.
+                if matches!(e.kind(), ErrorKind::Changed | ErrorKind::NotFound) {
                     // This inode's version is gone: the parent must be listed again.
                     let mut table = self.table();
                     let parent = table.get(ino).map(|n| n.parent);
@@ -337,10 +318,10 @@ impl AdlsFs {
                     }
                 }
             })?;
-        if let Some(d) = cached.xxh3 {
+        if let Some(d) = held.cached.xxh3 {
             let _ = node.digest.set(d);
         }
-        let file = Arc::new(file);
+        let file = Arc::new(held.file);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let open = OpenFile { fh, ino, file };
         self.handles
@@ -453,6 +434,11 @@ impl AdlsFs {
         };
         let _ = node.digest.set(digest);
         Ok(digest)
+    }
+
+    /// Directories being listed right now (for tests: the single-flight map empties).
+    pub fn listings_in_flight(&self) -> usize {
+        self.listings.len()
     }
 
     /// Number of inodes known (for tests and stats).

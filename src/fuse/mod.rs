@@ -3,19 +3,21 @@
 //! open, getxattr) run as tasks on the tokio runtime, so no FUSE thread ever waits on
 //! storage or on another file's download; local-only requests are answered inline.
 
+pub mod backing;
+pub mod dir;
 pub mod session;
 
-use crate::fs::{AdlsFs, Attr, FsError, Kind};
+use crate::fs::{AdlsFs, Attr, DirEntry, FsError, Kind};
+use backing::BackingCache;
 use fuser::{
-    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// Deepest filesystem stack a passthrough backing file may sit on (an overlayfs cache
@@ -27,15 +29,7 @@ pub struct FuseAdapter {
     rt: tokio::runtime::Handle,
     ttl: Duration,
     passthrough: Arc<AtomicBool>,
-    backing: Arc<Mutex<Backing>>,
-}
-
-/// Passthrough backing ids: one per inode (the kernel requires the same one for every
-/// handle of an inode), kept alive by the handles that use it.
-#[derive(Default)]
-struct Backing {
-    by_inode: HashMap<u64, Weak<BackingId>>,
-    by_handle: HashMap<u64, Arc<BackingId>>,
+    backing: Arc<BackingCache>,
 }
 
 impl FuseAdapter {
@@ -45,7 +39,7 @@ impl FuseAdapter {
             rt,
             ttl,
             passthrough: Arc::new(AtomicBool::new(false)),
-            backing: Arc::new(Mutex::new(Backing::default())),
+            backing: Arc::new(BackingCache::default()),
         }
     }
 
@@ -161,18 +155,10 @@ impl Filesystem for FuseAdapter {
                 Ok(entries) => entries,
                 Err(e) => return reply.error(errno(&e)),
             };
-            let parent = fs.parent(ino.0);
-            let dots = [(ino.0, "."), (parent, "..")];
-            let all = dots
-                .iter()
-                .map(|(i, n)| (*i, FileType::Directory, *n))
-                .chain(
-                    entries
-                        .iter()
-                        .map(|e| (e.attr.ino, file_type(e.attr.kind), e.name.as_str())),
-                );
-            for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
-                if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+            let dots = [(ino.0, None), (fs.parent(ino.0), None)];
+            for row in dir::rows(dots, &entries, offset) {
+                let kind = file_type(row.kind);
+                if reply.add(INodeNo(row.ino), row.next_offset, kind, row.name) {
                     break;
                 }
             }
@@ -190,42 +176,33 @@ impl Filesystem for FuseAdapter {
     ) {
         let (fs, ttl) = (Arc::clone(&self.fs), self.ttl);
         self.rt.spawn(async move {
-            let entries = match fs.readdir(ino.0, fh.0, offset).await {
+            let entries: Arc<Vec<DirEntry>> = match fs.readdir(ino.0, fh.0, offset).await {
                 Ok(entries) => entries,
                 Err(e) => return reply.error(errno(&e)),
             };
-            let mut index = offset as usize;
-            let dots = [(ino.0, "."), (fs.parent(ino.0), "..")];
-            while index < 2 {
-                let (dot_ino, name) = dots[index];
-                let Ok(attr) = fs.getattr(dot_ino) else { break };
-                if reply.add(
-                    INodeNo(dot_ino),
-                    (index + 1) as u64,
-                    name,
+            let parent = fs.parent(ino.0);
+            let dots = [
+                (ino.0, fs.getattr(ino.0).ok()),
+                (parent, fs.getattr(parent).ok()),
+            ];
+            for row in dir::rows(dots, &entries, offset) {
+                // A dot entry whose inode is gone cannot be described: leave it out.
+                let Some(attr) = row.attr else { continue };
+                let full = reply.add(
+                    INodeNo(row.ino),
+                    row.next_offset,
+                    row.name,
                     &ttl,
                     &file_attr(&attr),
-                    Generation(0),
-                ) {
-                    return reply.ok();
-                }
-                index += 1;
-            }
-            for entry in entries.iter().skip(index - 2) {
-                index += 1;
-                let full = reply.add(
-                    INodeNo(entry.attr.ino),
-                    index as u64,
-                    &entry.name,
-                    &ttl,
-                    &file_attr(&entry.attr),
                     Generation(0),
                 );
                 if full {
                     break;
                 }
-                // Each entry handed out counts as a lookup the kernel will forget.
-                fs.remember(entry.attr.ino);
+                if !row.is_dot {
+                    // Each entry handed out counts as a lookup the kernel will forget.
+                    fs.remember(row.ino);
+                }
             }
             reply.ok();
         });
@@ -254,16 +231,8 @@ impl Filesystem for FuseAdapter {
                 Err(e) => return reply.error(errno(&e)),
             };
             if passthrough.load(Ordering::SeqCst) {
-                let mut table = backing.lock().expect("backing table");
-                let existing = table.by_inode.get(&ino.0).and_then(Weak::upgrade);
-                let id = match existing {
-                    Some(id) => Ok(id),
-                    None => reply.open_backing(open.file.as_ref()).map(Arc::new),
-                };
-                match id {
+                match backing.attach(ino.0, open.fh, || reply.open_backing(open.file.as_ref())) {
                     Ok(id) => {
-                        table.by_inode.insert(ino.0, Arc::downgrade(&id));
-                        table.by_handle.insert(open.fh, Arc::clone(&id));
                         return reply.opened_passthrough(FileHandle(open.fh), FopenFlags::empty(), &id);
                     }
                     Err(e) => {
@@ -316,11 +285,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.backing
-            .lock()
-            .expect("backing table")
-            .by_handle
-            .remove(&fh.0);
+        self.backing.release(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }

@@ -6,8 +6,9 @@ use fuser::{Config, MountOption, Session, SessionACL, SessionUnmounter};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
+/// How the kernel session is set up.
 #[derive(Debug, Clone)]
-pub struct MountConfig {
+pub struct SessionConfig {
     pub mountpoint: PathBuf,
     /// Shown as the source in the mount table (`adls://account/container/prefix`).
     pub fsname: String,
@@ -96,7 +97,7 @@ pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
     Ok(())
 }
 
-pub fn mount(adapter: FuseAdapter, config: &MountConfig) -> Result<Mounted, MountError> {
+pub fn mount(adapter: FuseAdapter, config: &SessionConfig) -> Result<Mounted, MountError> {
     check_mountpoint(&config.mountpoint)?;
     let mut fuse_config = Config::default();
     fuse_config.mount_options = vec![

@@ -8,6 +8,7 @@ pub mod memory;
 mod retry;
 
 use crate::digest::{DigestError, Md5Digest, Xxh3Digest, XXH3_METADATA_KEY};
+use crate::error::{io_kind, Classify, ErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
@@ -16,7 +17,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-pub use retry::{jittered, RetryPolicy};
+pub use retry::{jittered, RetryPolicy, Retryable};
 
 /// User metadata of a blob (`x-ms-meta-*`), keys as stored.
 pub type Metadata = BTreeMap<String, String>;
@@ -98,12 +99,27 @@ pub enum StorageError {
 impl StorageError {
     /// True for faults worth retrying (throttling, server errors, broken connections).
     pub fn is_transient(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+    }
+}
+
+impl Classify for StorageError {
+    fn kind(&self) -> ErrorKind {
         match self {
-            StorageError::Unreachable { .. } => true,
-            StorageError::Service { status, .. } => {
-                *status == 408 || *status == 429 || *status >= 500
+            StorageError::NotFound { .. } | StorageError::ContainerNotFound { .. } => {
+                ErrorKind::NotFound
             }
-            _ => false,
+            StorageError::Changed { .. } => ErrorKind::Changed,
+            StorageError::Auth { .. } => ErrorKind::Auth,
+            StorageError::Unreachable { .. } => ErrorKind::Transient,
+            StorageError::Service { status, .. }
+                if *status == 408 || *status == 429 || *status >= 500 =>
+            {
+                ErrorKind::Transient
+            }
+            StorageError::Credentials(_) | StorageError::Config(_) => ErrorKind::Config,
+            StorageError::LocalIo { source, .. } => io_kind(source),
+            StorageError::Service { .. } | StorageError::Client { .. } => ErrorKind::Other,
         }
     }
 }

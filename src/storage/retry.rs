@@ -1,9 +1,26 @@
-//! Retries of transient storage faults: exponential backoff with full jitter, bounded by a
-//! total time budget so a dead endpoint gives a clear error instead of a hang.
+//! Retries of transient faults: exponential backoff with full jitter, bounded by a total
+//! time budget so a dead endpoint gives a clear error instead of a hang. The one retry loop
+//! of adlsfs: storage requests and the native fetcher's ranges both use it. Attempts may
+//! share state that outlives each of them (an atomic, say), so an attempt resumes where the
+//! last one stopped: a range continues from its first byte not yet written.
 
-use super::{Result, StorageError};
+use super::StorageError;
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+/// An error [`RetryPolicy::run`] can decide about.
+pub trait Retryable: std::fmt::Display {
+    /// True for faults worth retrying (throttling, server errors, broken connections).
+    fn is_transient(&self) -> bool;
+
+    /// The error that ends the loop, told how many attempts were made over how long.
+    fn after_attempts(self, _attempts: u32, _elapsed: Duration) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -35,12 +52,13 @@ impl RetryPolicy {
         }
     }
 
-    /// Runs `attempt` until it succeeds, fails permanently, or the budget is spent.
-    /// An [`StorageError::Unreachable`] that ends the loop reports the real attempt count.
-    pub async fn run<T, F, Fut>(&self, mut attempt: F) -> Result<T>
+    /// Runs `attempt` until it succeeds, fails permanently, or the budget is spent. The
+    /// error that ends the loop knows the real attempt count ([`Retryable::after_attempts`]).
+    pub async fn run<T, E, F, Fut>(&self, mut attempt: F) -> Result<T, E>
     where
+        E: Retryable,
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T>>,
+        Fut: Future<Output = Result<T, E>>,
     {
         let start = Instant::now();
         let mut backoff = self.initial_backoff;
@@ -54,9 +72,9 @@ impl RetryPolicy {
             let elapsed = start.elapsed();
             let sleep = jittered(backoff);
             if !err.is_transient() || elapsed + sleep >= self.budget {
-                return Err(with_attempts(err, attempts, start.elapsed()));
+                return Err(err.after_attempts(attempts, start.elapsed()));
             }
-            tracing::debug!(attempt = attempts, error = %err, "transient storage error, retrying");
+            tracing::info!(attempt = attempts, error = %err, "transient fault; retrying");
             tokio::time::sleep(sleep).await;
             backoff = (backoff * 2).min(self.max_backoff);
         }
@@ -69,17 +87,24 @@ pub fn jittered(backoff: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-fn with_attempts(err: StorageError, attempts: u32, elapsed: Duration) -> StorageError {
-    match err {
-        StorageError::Unreachable {
-            endpoint, cause, ..
-        } => StorageError::Unreachable {
-            endpoint,
-            attempts,
-            elapsed,
-            cause,
-        },
-        other => other,
+impl Retryable for StorageError {
+    fn is_transient(&self) -> bool {
+        StorageError::is_transient(self)
+    }
+
+    /// An [`StorageError::Unreachable`] reports the real attempt count.
+    fn after_attempts(self, attempts: u32, elapsed: Duration) -> Self {
+        match self {
+            StorageError::Unreachable {
+                endpoint, cause, ..
+            } => StorageError::Unreachable {
+                endpoint,
+                attempts,
+                elapsed,
+                cause,
+            },
+            other => other,
+        }
     }
 }
 
@@ -131,6 +156,34 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StorageError::NotFound { .. }));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_attempt_resumes_from_the_state_the_last_one_left() {
+        let policy = RetryPolicy {
+            budget: Duration::from_secs(5),
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            ..RetryPolicy::default()
+        };
+        // Each attempt moves 3 of 10 units before a transient fault; progress is kept.
+        let done = AtomicU32::new(0);
+        let starts = std::sync::Mutex::new(Vec::new());
+        policy
+            .run(|| async {
+                let start = done.load(Ordering::SeqCst);
+                starts.lock().unwrap().push(start);
+                let now = (start + 3).min(10);
+                done.store(now, Ordering::SeqCst);
+                if now < 10 {
+                    Err(unreachable())
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(*starts.lock().unwrap(), [0, 3, 6, 9]);
     }
 
     #[tokio::test]

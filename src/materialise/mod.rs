@@ -1,0 +1,226 @@
+//! The materialisation pipeline: how one blob version becomes a complete, verified cache
+//! entry. It owns its fetcher; callers (`fs`, `prefetch`) ask it for an entry and get an
+//! open, shared-locked cache file.
+//!
+//! ```text
+//! lookup ─hit──────────────────────────────────────────────────────────────▶ entry
+//!    └miss▶ single-flight (this process) ▶ entry lock (all processes) ▶ lookup again
+//!             ▶ reserve space ▶ fetch into tmp/ (landed ranges) ▶ verify ▶ fsync ▶ publish
+//! ```
+//!
+//! - Concurrent requests for one entry are collapsed: a [`SingleFlight`] per entry in the
+//!   process, then the cache's per-entry file lock across processes. After each, the cache
+//!   is looked at again: whoever waited finds the file.
+//! - Verification ([`verify`]) uses the digests the fetcher computed while downloading
+//!   when it could see the bytes, else hashes the file once.
+//! - A download that finds the disk full evicts once and tries once more.
+//! - A failed fetch leaves nothing: its temporary is removed, nothing is published.
+//! - Landed byte ranges ([`crate::fetch::landed`]) are tracked per fetch; today an open
+//!   waits for the whole file.
+
+pub mod error;
+pub mod verify;
+
+use crate::cache::entry::{self, EntryAttrs};
+use crate::cache::layout::EntryKey;
+use crate::cache::{sync_file, Cache, CachedFile, HeldEntry};
+use crate::error::{Classify, ErrorKind};
+use crate::fetch::landed::Landed;
+use crate::fetch::{FetchJob, FetchReport, Fetcher, NoProgress, ProgressSink};
+use crate::metrics::Metrics;
+use crate::single_flight::SingleFlight;
+use crate::storage::BlobMeta;
+pub use error::MaterialiseError;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use verify::{verify_digests, verify_file, Verified, VerifyError, VerifyPolicy};
+
+pub type Result<T, E = MaterialiseError> = std::result::Result<T, E>;
+
+pub struct Materialiser {
+    cache: Arc<Cache>,
+    fetcher: Arc<dyn Fetcher>,
+    policy: VerifyPolicy,
+    flights: SingleFlight<EntryKey>,
+    progress: Arc<dyn ProgressSink>,
+    metrics: Arc<Metrics>,
+    /// Set at shutdown: downloads still running are abandoned.
+    cancel: tokio::sync::watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Materialiser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Materialiser")
+            .field("cache", &self.cache.layout().root())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Materialiser {
+    pub fn new(cache: Arc<Cache>, fetcher: Arc<dyn Fetcher>, policy: VerifyPolicy) -> Self {
+        Self {
+            cache,
+            fetcher,
+            policy,
+            flights: SingleFlight::new(),
+            progress: Arc::new(NoProgress),
+            metrics: Arc::new(Metrics::default()),
+            cancel: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Counts hits, misses, downloads and failures into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Reports every download's progress to `sink`.
+    pub fn with_progress(mut self, sink: Arc<dyn ProgressSink>) -> Self {
+        self.progress = sink;
+        self
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// Abandons every download in progress (their opens fail, their temporaries are
+    /// removed) so a shutdown is not held up by them.
+    pub fn cancel_downloads(&self) {
+        self.cancel.send_replace(true);
+    }
+
+    /// Downloads in progress in this process.
+    pub fn in_flight(&self) -> u64 {
+        self.metrics.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Opens the verified cache file for `key` for reading, materialising it first when
+    /// absent, and records the use (for eviction). The file holds a shared lock that keeps
+    /// eviction away from it while it is open.
+    pub async fn open(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+        let held = self.entry(key, meta).await?;
+        if let Ok(modified) = held.file.metadata().and_then(|m| m.modified()) {
+            entry::touch(&held.file, modified);
+        }
+        Ok(held)
+    }
+
+    /// Makes sure `key` is in the cache (prefetch, hashing on demand).
+    pub async fn ensure(&self, key: &EntryKey, meta: &BlobMeta) -> Result<CachedFile> {
+        Ok(self.entry(key, meta).await?.cached)
+    }
+
+    /// The entry, held from the moment it is found or published: eviction can never remove
+    /// it before the caller has it.
+    async fn entry(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+        if let Some(hit) = self.cache.lookup(key, meta.size) {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
+        }
+        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let _flight = self.flights.enter(key.clone()).await;
+        if let Some(hit) = self.cache.lookup(key, meta.size) {
+            return Ok(hit);
+        }
+        self.cache.ensure_dirs()?;
+        let _entry_lock = self.cache.lock_entry(key).await?;
+        if let Some(hit) = self.cache.lookup(key, meta.size) {
+            return Ok(hit);
+        }
+        // Holding the entry lock: any temporary for this entry belongs to a dead process.
+        self.cache.remove_stale_temporaries(Some(key));
+        self.materialise(key, meta).await
+    }
+
+    /// Reserves space, then fetches, verifies and publishes, evicting and trying once more
+    /// if the disk filled up meanwhile.
+    async fn materialise(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+        let reservation = self.cache.reserve(&meta.name, meta.size).await?;
+        self.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
+        let mut result = self.fetch_verify_publish(key, meta).await;
+        if matches!(&result, Err(e) if e.kind() == ErrorKind::NoSpace) {
+            tracing::warn!(blob = %meta.name, needed = meta.size, "cache disk full during download; evicting and retrying once");
+            if self.cache.evict_for_reserved().await.is_ok() {
+                result = self.fetch_verify_publish(key, meta).await;
+            }
+        }
+        self.metrics.in_flight.fetch_sub(1, Ordering::SeqCst);
+        match &result {
+            Ok(_) => reservation.commit(),
+            Err(e) => self.metrics.record_failure(e.kind()),
+        }
+        result
+    }
+
+    async fn fetch_verify_publish(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+        let tmp = self.cache.new_temporary(key)?;
+        let started = Instant::now();
+        let landed = Landed::new(meta.size);
+        let job = FetchJob {
+            meta,
+            dest: tmp.path(),
+            progress: self.progress.as_ref(),
+            landed: &landed,
+            hash_md5: verify::needs_md5(meta),
+        };
+        let mut cancelled = self.cancel.subscribe();
+        let fetched = tokio::select! {
+            report = self.fetcher.fetch(&job) => report.map_err(MaterialiseError::from),
+            _ = cancelled.wait_for(|c| *c) => Err(MaterialiseError::Cancelled),
+        };
+        // Nothing more will land, whatever happened.
+        landed.end();
+        let report = fetched?;
+        let verified = self.verify_and_sync(tmp.path(), meta, report).await?;
+        let attrs = EntryAttrs {
+            uri: Some(key.uri()),
+            etag: Some(key.etag.clone()),
+            xxh3: Some(verified.xxh3),
+        };
+        let held = self.cache.publish_temporary(tmp, key, &attrs)?;
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics
+            .record_fetch(report.fetcher, meta.size, seconds);
+        tracing::info!(
+            blob = %meta.name,
+            bytes = meta.size,
+            fetcher = report.fetcher.as_str(),
+            verified_by = verified.checked_by.as_str(),
+            seconds,
+            "materialised"
+        );
+        Ok(held)
+    }
+
+    /// Verifies the fetched file (streamed digests when the fetcher had them) and fsyncs
+    /// it, off the async threads.
+    async fn verify_and_sync(
+        &self,
+        path: &std::path::Path,
+        meta: &BlobMeta,
+        report: FetchReport,
+    ) -> Result<Verified> {
+        let (path, meta, policy) = (path.to_path_buf(), meta.clone(), self.policy);
+        tokio::task::spawn_blocking(move || {
+            let io = |source| VerifyError::Io {
+                path: path.display().to_string(),
+                source,
+            };
+            let verified = match report.digests {
+                Some(d) => {
+                    let len = std::fs::metadata(&path).map_err(io)?.len();
+                    verify_digests(&meta, policy, &d, len)?
+                }
+                None => verify_file(&path, &meta, policy)?,
+            };
+            sync_file(&path)?;
+            Ok::<_, MaterialiseError>(verified)
+        })
+        .await
+        .expect("verify task panicked")
+    }
+}
