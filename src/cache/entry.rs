@@ -137,10 +137,11 @@ mod tests {
             etag: Some("\"0x1\"".into()),
             xxh3: Some(crate::digest::xxh3_128(b"x")),
         };
+        // The cache directory's filesystem must keep user xattrs, as ext4, xfs and tmpfs
+        // do; if the temporary directory's does not, this test fails rather than pass
+        // without checking anything.
+        set_xattr(&path, "user.probe", b"1").expect("user xattrs on the test filesystem");
         write_attrs(&path, &attrs);
-        if set_xattr(&path, "user.probe", b"1").is_err() {
-            return; // this filesystem has no user xattrs: nothing to check
-        }
         assert_eq!(read_attrs(&path), attrs);
         assert_eq!(read_digest(&path), attrs.xxh3);
     }

@@ -519,3 +519,183 @@ fn create_private_dir(dir: &Path) -> Result<(), CacheError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn key(blob: &str) -> EntryKey {
+        EntryKey {
+            account: "acct".into(),
+            container: "box".into(),
+            blob: blob.into(),
+            etag: "\"0x1\"".into(),
+        }
+    }
+
+    fn attrs(key: &EntryKey, data: &[u8]) -> entry::EntryAttrs {
+        entry::EntryAttrs {
+            uri: Some(key.uri()),
+            etag: Some(key.etag.clone()),
+            xxh3: Some(crate::digest::xxh3_128(data)),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn a_published_temporary_is_found_held_and_described() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let k = key("d/f.bin");
+        assert!(cache.lookup(&k, 5).is_none());
+        let tmp = cache.new_temporary(&k).unwrap();
+        assert_eq!(mode(tmp.path()), 0o600, "temporaries are private");
+        fs::write(tmp.path(), b"hello").unwrap();
+        let tmp_path = tmp.path().to_path_buf();
+        let held = cache
+            .publish_temporary(tmp, &k, &attrs(&k, b"hello"))
+            .unwrap();
+        assert!(!tmp_path.exists(), "moved, not copied");
+        assert_eq!(held.cached.path, cache.layout().entry_path(&k));
+        assert_eq!(mode(&held.cached.path), 0o644);
+        assert!(
+            File::open(&held.cached.path)
+                .unwrap()
+                .try_lock_exclusive()
+                .is_err(),
+            "the entry is shared-locked while held, so eviction skips it"
+        );
+        let found = cache.lookup(&k, 5).expect("published entries are found");
+        assert_eq!(found.cached.xxh3, Some(crate::digest::xxh3_128(b"hello")));
+        assert!(!found.cached.fetched);
+        assert!(cache.lookup(&k, 6).is_none(), "a size mismatch is no entry");
+        assert_eq!(
+            entry::read_attrs(&found.cached.path).uri.as_deref(),
+            Some("adls://acct/box/d/f.bin")
+        );
+    }
+
+    #[test]
+    fn a_dropped_temporary_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let tmp = cache.new_temporary(&key("f")).unwrap();
+        let path = tmp.path().to_path_buf();
+        drop(tmp);
+        assert!(!path.exists());
+        assert_eq!(fs::read_dir(cache.layout().tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_written_file_is_published_from_staging_and_from_another_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let staging = cache.layout().staging_dir();
+        assert_eq!(
+            mode(&staging),
+            0o700,
+            "staged writes are nobody else's business"
+        );
+
+        let k = key("out/result.parquet");
+        let written = staging.join("result.parquet.1");
+        fs::write(&written, b"written locally").unwrap();
+        fs::set_permissions(&written, fs::Permissions::from_mode(0o600)).unwrap();
+        let held = cache
+            .publish(&written, &k, &attrs(&k, b"written locally"))
+            .unwrap();
+        assert!(!written.exists(), "renamed into place");
+        assert_eq!(fs::read(&held.cached.path).unwrap(), b"written locally");
+        assert!(cache.lookup(&k, 15).is_some());
+
+        // /dev/shm is a tmpfs: a rename from there cannot work, a copy must.
+        let foreign = tempfile::tempdir_in("/dev/shm").unwrap();
+        assert_ne!(
+            fs::metadata(foreign.path()).unwrap().dev(),
+            fs::metadata(dir.path()).unwrap().dev(),
+            "the test needs /dev/shm on another filesystem than the temporary directory"
+        );
+        let k2 = key("out/other.bin");
+        let source = foreign.path().join("other.bin");
+        fs::write(&source, b"from elsewhere").unwrap();
+        let held = cache
+            .publish(&source, &k2, &attrs(&k2, b"from elsewhere"))
+            .unwrap();
+        assert_eq!(fs::read(&held.cached.path).unwrap(), b"from elsewhere");
+        assert_eq!(
+            held.cached.xxh3,
+            Some(crate::digest::xxh3_128(b"from elsewhere"))
+        );
+        assert!(source.exists(), "a copy leaves the source where it was");
+        assert_eq!(fs::read_dir(cache.layout().tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn staged_files_survive_start_up_clean_up_and_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let staged = cache.layout().staging_dir().join("pending");
+        fs::write(&staged, b"not yet committed").unwrap();
+        let stale_tmp = cache.layout().tmp_dir().join("deadbeef.1.0");
+        fs::write(&stale_tmp, b"left by a dead process").unwrap();
+        drop(cache);
+        let cache = Cache::open_bounded(
+            dir.path(),
+            Bounds {
+                max_bytes: Some(0),
+                min_free: MinFree::Bytes(0),
+            },
+        )
+        .unwrap();
+        assert!(!stale_tmp.exists(), "dead temporaries are removed at start");
+        evict::evict(cache.layout(), &cache.bounds, 0).unwrap();
+        assert!(staged.exists(), "staging is never cleaned, evicted or gc'd");
+    }
+
+    #[tokio::test]
+    async fn reservations_count_until_committed_or_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open_bounded(
+            dir.path(),
+            Bounds {
+                max_bytes: Some(1000),
+                min_free: MinFree::Bytes(0),
+            },
+        )
+        .unwrap();
+        let err = cache.reserve("huge", 1001).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoSpace);
+        assert!(
+            err.to_string().contains("larger than the whole cache"),
+            "{err}"
+        );
+        let a = cache.reserve("a", 600).await.unwrap();
+        assert_eq!(cache.reserved.load(Ordering::SeqCst), 600);
+        drop(a);
+        assert_eq!(cache.reserved.load(Ordering::SeqCst), 0);
+        cache.reserve("b", 700).await.unwrap().commit();
+        assert_eq!(
+            (
+                cache.reserved.load(Ordering::SeqCst),
+                cache.used.load(Ordering::SeqCst)
+            ),
+            (0, 700)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_entry_lock_is_exclusive_across_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let k = key("f");
+        let held = cache.lock_entry(&k).await.unwrap();
+        let other = File::open(cache.layout().entry_lock_path(&k)).unwrap();
+        assert!(other.try_lock_exclusive().is_err(), "held by the first");
+        drop(held);
+        assert!(other.try_lock_exclusive().is_ok(), "free once dropped");
+    }
+}
