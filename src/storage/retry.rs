@@ -1,5 +1,9 @@
 //! Retries of transient storage faults: exponential backoff with full jitter, bounded by a
 //! total time budget so a dead endpoint gives a clear error instead of a hang.
+//!
+//! Retrying a write is safe for unconditional writes (the same bytes again) and block
+//! staging; a retried conditional write may meet its own landed first attempt, which
+//! `azure::rest` recognises after the fact (see its module docs).
 
 use super::{Result, StorageError};
 use std::future::Future;
