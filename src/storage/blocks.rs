@@ -111,7 +111,13 @@ async fn read_part(file: &mut tokio::fs::File, len: usize) -> std::io::Result<By
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::faulty::{FaultyStore, Op};
     use crate::storage::memory::MemoryStore;
+    use std::sync::Arc;
+
+    fn counted_store() -> FaultyStore {
+        FaultyStore::new(Arc::new(MemoryStore::new()))
+    }
 
     #[test]
     fn block_ids_have_equal_lengths_and_sort_by_index() {
@@ -142,7 +148,7 @@ mod tests {
         let path = dir.path().join("f");
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let store = MemoryStore::new();
+        let store = counted_store();
         let meta = Metadata::from([("k".to_string(), "v".to_string())]);
         let upload = || {
             put_file(
@@ -159,6 +165,10 @@ mod tests {
             (put.size, &put.metadata, put.content_md5),
             (10_000, &meta, None)
         );
+        assert_eq!(
+            (store.calls(Op::PutBlock), store.calls(Op::Commit)),
+            (10, 1)
+        );
         let read = store.read("b", None, &put.etag).await.unwrap();
         assert_eq!(&read[..], &data[..]);
         // The commit carries the condition.
@@ -171,7 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"small").unwrap();
-        let store = MemoryStore::new();
+        let store = counted_store();
         let put = put_file(
             &store,
             "b",
@@ -183,5 +193,6 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(put.content_md5, Some(crate::digest::md5(b"small")));
+        assert_eq!((store.calls(Op::Put), store.calls(Op::PutBlock)), (1, 0));
     }
 }

@@ -11,6 +11,7 @@
 pub mod azure;
 mod blocks;
 pub mod credentials;
+pub mod faulty;
 pub mod memory;
 mod retry;
 
