@@ -153,7 +153,7 @@ impl WriteCondition {
     }
 
     /// The error a failed condition gives for blob `name`.
-    pub fn failure(&self, name: &str) -> StorageError {
+    pub(crate) fn failure(&self, name: &str) -> StorageError {
         match self {
             WriteCondition::IfNoneMatch => StorageError::AlreadyExists {
                 name: name.to_string(),
