@@ -12,7 +12,9 @@ use adlsfs::location::Location;
 use adlsfs::materialise::verify::VerifyPolicy;
 use adlsfs::materialise::Materialiser;
 use adlsfs::storage::memory::MemoryStore;
-use adlsfs::storage::{BlobMeta, BlobStore, DirListing, Metadata};
+use adlsfs::storage::{
+    BlobMeta, BlobStore, BlockId, DirListing, Metadata, StagedBlock, WriteCondition,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -234,6 +236,36 @@ impl BlobStore for Md5Override {
         metadata: &Metadata,
     ) -> adlsfs::storage::Result<BlobMeta> {
         Ok(self.patch(self.inner.put(name, data, metadata).await?))
+    }
+
+    async fn put_if(
+        &self,
+        name: &str,
+        data: Bytes,
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> adlsfs::storage::Result<BlobMeta> {
+        Ok(self.patch(self.inner.put_if(name, data, metadata, condition).await?))
+    }
+
+    async fn put_block(
+        &self,
+        name: &str,
+        id: BlockId,
+        data: Bytes,
+    ) -> adlsfs::storage::Result<StagedBlock> {
+        self.inner.put_block(name, id, data).await
+    }
+
+    async fn put_block_list(
+        &self,
+        name: &str,
+        blocks: &[StagedBlock],
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> adlsfs::storage::Result<BlobMeta> {
+        let meta = self.inner.put_block_list(name, blocks, metadata, condition);
+        Ok(self.patch(meta.await?))
     }
 }
 

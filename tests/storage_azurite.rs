@@ -4,10 +4,12 @@
 mod common;
 
 use adlsfs::storage::azure::{AzureConfig, AzureStore};
+use adlsfs::storage::credentials::EMULATOR_KEY;
 use adlsfs::storage::credentials::{Credential, Secret, EMULATOR_ACCOUNT};
-use adlsfs::storage::{BlobStore, Metadata, RetryPolicy, StorageError};
+use adlsfs::storage::{BlobStore, BlockId, Metadata, RetryPolicy, StorageError, WriteCondition};
 use bytes::Bytes;
-use common::Azurite;
+use common::proxy::{Fault, FaultProxy};
+use common::{with_digest, Azurite};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::time::{Duration, Instant};
 
@@ -194,4 +196,168 @@ async fn large_upload_streams_in_blocks_and_reads_back() {
         .await
         .unwrap();
     assert_eq!(&tail[..], &data[data.len() - 100..]);
+}
+
+/// A new container on a private Azurite, reached directly and through a fault proxy
+/// (bind it whole: Azurite stops when it is dropped).
+struct Proxied {
+    _azurite: Azurite,
+    container: String,
+    direct: AzureStore,
+    proxy: FaultProxy,
+    /// Through the proxy, with quick retries.
+    store: AzureStore,
+}
+
+async fn proxied() -> Proxied {
+    let azurite = Azurite::start();
+    let (container, direct) = azurite.new_container().await;
+    let proxy = FaultProxy::start(azurite.port);
+    let store = AzureStore::new(AzureConfig {
+        account: EMULATOR_ACCOUNT.into(),
+        container: container.clone(),
+        endpoint: proxy.endpoint(),
+        credential: Credential::AccountKey(Secret::new(EMULATOR_KEY)),
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            ..RetryPolicy::with_budget(Duration::from_secs(10))
+        },
+    })
+    .unwrap();
+    Proxied {
+        _azurite: azurite,
+        container,
+        direct,
+        proxy,
+        store,
+    }
+}
+
+#[tokio::test]
+async fn writes_send_no_head_and_large_files_go_up_in_blocks() {
+    let p = proxied().await;
+    let (store, proxy) = (&p.store, &p.proxy);
+    let small = store
+        .put("n/small", Bytes::from_static(b"small"), &Metadata::new())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big");
+    let data = common::pattern(20 << 20, 5);
+    std::fs::write(&path, &data).unwrap();
+    let big = store
+        .put_file_if(
+            "n/big",
+            &path,
+            &with_digest(&data),
+            &WriteCondition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("HEAD "), 0, "{:?}", proxy.seen.lock().unwrap());
+    assert_eq!(proxy.count("?comp=block&blockid="), 3, "8 + 8 + 4 MiB");
+    assert_eq!(proxy.count("?comp=blocklist"), 1);
+    assert_eq!(store.head("n/small").await.unwrap(), small);
+    assert_eq!(store.head("n/big").await.unwrap(), big);
+    let got = store.read("n/big", None, &big.etag).await.unwrap();
+    assert!(got == data, "the blob is the file");
+}
+
+#[tokio::test]
+async fn a_conditional_write_whose_answer_was_lost_is_recognised_on_retry() {
+    let p = proxied().await;
+    let (store, proxy) = (&p.store, &p.proxy);
+    let request = format!("PUT /{EMULATOR_ACCOUNT}/{}/w/landed", p.container);
+
+    // Put Blob with If-None-Match: the retry meets the blob its first attempt created.
+    proxy.add("PUT", "/w/landed", false, Fault::DropAnswer, 1);
+    let data = b"landed";
+    let created = store
+        .put_if(
+            "w/landed",
+            Bytes::from_static(data),
+            &with_digest(data),
+            &WriteCondition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+    assert_eq!(proxy.count(&request), 2, "the write was retried");
+    assert_eq!(store.head("w/landed").await.unwrap(), created);
+
+    // Put Block List with If-Match: the retry meets the version its first attempt made.
+    let new = b"new content";
+    let block = store
+        .put_block("w/landed", BlockId::from_index(0), Bytes::from_static(new))
+        .await
+        .unwrap();
+    proxy.add("PUT", "comp=blocklist", false, Fault::DropAnswer, 1);
+    let replaced = store
+        .put_block_list(
+            "w/landed",
+            &[block],
+            &with_digest(new),
+            &WriteCondition::IfMatch(created.etag.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("comp=blocklist"), 2, "the commit was retried");
+    assert_ne!(replaced.etag, created.etag);
+    assert_eq!(store.head("w/landed").await.unwrap(), replaced);
+    let got = store.read("w/landed", None, &replaced.etag).await.unwrap();
+    assert_eq!(&got[..], new);
+}
+
+#[tokio::test]
+async fn a_retried_write_that_meets_another_writers_blob_fails() {
+    let p = proxied().await;
+    let (store, proxy) = (&p.store, &p.proxy);
+    let theirs = p
+        .direct
+        .put(
+            "w/theirs",
+            Bytes::from_static(b"theirs"),
+            &with_digest(b"theirs"),
+        )
+        .await
+        .unwrap();
+    proxy.add("PUT", "/w/theirs", false, Fault::DropAnswer, 1);
+    let err = store
+        .put_if(
+            "w/theirs",
+            Bytes::from_static(b"ours"),
+            &with_digest(b"ours"),
+            &WriteCondition::IfNoneMatch,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
+    assert_eq!(
+        proxy.count("/w/theirs"),
+        3,
+        "two PUTs, then the HEAD that checked"
+    );
+    assert_eq!(p.direct.head("w/theirs").await.unwrap(), theirs);
+
+    // Without a digest in the metadata a block commit can't be recognised as our own:
+    // the retry reports the condition's failure, though the commit landed.
+    let block = store
+        .put_block(
+            "w/bare",
+            BlockId::from_index(0),
+            Bytes::from_static(b"bare"),
+        )
+        .await
+        .unwrap();
+    proxy.add("PUT", "comp=blocklist", false, Fault::DropAnswer, 1);
+    let err = store
+        .put_block_list(
+            "w/bare",
+            &[block],
+            &Metadata::new(),
+            &WriteCondition::IfNoneMatch,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
+    assert_eq!(p.direct.head("w/bare").await.unwrap().size, 4);
 }

@@ -1,12 +1,16 @@
 //! An in-memory [`BlobStore`] for fast tests of everything above storage. It follows the
-//! service's rules that matter to adlsfs: delimiter listing, ETags that change on every put,
-//! If-Match on reads, Content-MD5 computed on upload.
+//! service's rules that matter to adlsfs: delimiter listing, ETags that change on every
+//! write, If-Match on reads, write conditions, Content-MD5 computed for Put Blob (not for
+//! a block list), staged blocks invisible until a commit that names them.
 
-use super::{BlobMeta, BlobStore, DirListing, Metadata, Result, StorageError};
+use super::{
+    BlobMeta, BlobStore, BlockId, DirListing, Metadata, Result, StagedBlock, StorageError,
+    WriteCondition,
+};
 use crate::digest;
 use async_trait::async_trait;
-use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use bytes::{Bytes, BytesMut};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -14,9 +18,25 @@ use std::time::SystemTime;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    blobs: Mutex<BTreeMap<String, (BlobMeta, Bytes)>>,
+    state: Mutex<State>,
     next_etag: AtomicU64,
     reads: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    blobs: BTreeMap<String, Blob>,
+    /// Uncommitted blocks per blob name (the blob itself may not exist yet).
+    staged: HashMap<String, HashMap<BlockId, Bytes>>,
+}
+
+#[derive(Debug, Clone)]
+struct Blob {
+    meta: BlobMeta,
+    data: Bytes,
+    /// The blocks of the last committed block list (none after a Put Blob): a commit may
+    /// name them again, as the service's `<Latest>` allows.
+    committed: HashMap<BlockId, Bytes>,
 }
 
 impl MemoryStore {
@@ -29,25 +49,67 @@ impl MemoryStore {
         self.reads.load(Ordering::SeqCst)
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("memory store lock")
+    }
+
     fn lookup(&self, name: &str) -> Result<(BlobMeta, Bytes)> {
-        self.blobs
-            .lock()
-            .expect("memory store lock")
+        self.state()
+            .blobs
             .get(name)
-            .cloned()
+            .map(|b| (b.meta.clone(), b.data.clone()))
             .ok_or_else(|| StorageError::NotFound {
                 name: name.to_string(),
             })
     }
+
+    /// Checks `condition`, then builds the new version's content, then stores it, all
+    /// under one lock, as the service does atomically.
+    fn write(
+        &self,
+        name: &str,
+        metadata: &Metadata,
+        condition: &WriteCondition,
+        content: impl FnOnce(&State) -> Result<Content>,
+    ) -> Result<BlobMeta> {
+        let mut state = self.state();
+        let current = state.blobs.get(name).map(|b| b.meta.etag.as_str());
+        condition.check(name, current)?;
+        let content = content(&state)?;
+        let n = self.next_etag.fetch_add(1, Ordering::SeqCst);
+        let meta = BlobMeta {
+            name: name.to_string(),
+            size: content.data.len() as u64,
+            last_modified: SystemTime::now(),
+            etag: format!("\"0xMEM{n:012X}\""),
+            content_md5: content.md5,
+            metadata: metadata.clone(),
+        };
+        state.staged.remove(name);
+        let blob = Blob {
+            meta: meta.clone(),
+            data: content.data,
+            committed: content.blocks,
+        };
+        state.blobs.insert(name.to_string(), blob);
+        Ok(meta)
+    }
+}
+
+/// What one write stores.
+struct Content {
+    data: Bytes,
+    md5: Option<digest::Md5Digest>,
+    blocks: HashMap<BlockId, Bytes>,
 }
 
 #[async_trait]
 impl BlobStore for MemoryStore {
     async fn list_dir(&self, prefix: &str) -> Result<DirListing> {
-        let blobs = self.blobs.lock().expect("memory store lock");
+        let state = self.state();
         let mut listing = DirListing::default();
         let mut dirs = BTreeSet::new();
-        for (name, (meta, _)) in blobs.range(prefix.to_string()..) {
+        for (name, blob) in state.blobs.range(prefix.to_string()..) {
             let Some(rest) = name.strip_prefix(prefix) else {
                 break;
             };
@@ -55,7 +117,7 @@ impl BlobStore for MemoryStore {
                 Some(i) => {
                     dirs.insert(format!("{prefix}{}", &rest[..=i]));
                 }
-                None => listing.files.push(meta.clone()),
+                None => listing.files.push(blob.meta.clone()),
             }
         }
         listing.dirs = dirs.into_iter().collect();
@@ -89,20 +151,68 @@ impl BlobStore for MemoryStore {
         Ok(data.slice(range.start as usize..range.end as usize))
     }
 
-    async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta> {
-        let n = self.next_etag.fetch_add(1, Ordering::SeqCst);
-        let meta = BlobMeta {
-            name: name.to_string(),
-            size: data.len() as u64,
-            last_modified: SystemTime::now(),
-            etag: format!("\"0xMEM{n:012X}\""),
-            content_md5: Some(digest::md5(&data)),
-            metadata: metadata.clone(),
-        };
-        self.blobs
-            .lock()
-            .expect("memory store lock")
-            .insert(name.to_string(), (meta.clone(), data));
-        Ok(meta)
+    async fn put_if(
+        &self,
+        name: &str,
+        data: Bytes,
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta> {
+        self.write(name, metadata, condition, |_| {
+            Ok(Content {
+                md5: Some(digest::md5(&data)),
+                data,
+                blocks: HashMap::new(),
+            })
+        })
+    }
+
+    async fn put_block(&self, name: &str, id: BlockId, data: Bytes) -> Result<StagedBlock> {
+        let size = data.len() as u64;
+        self.state()
+            .staged
+            .entry(name.to_string())
+            .or_default()
+            .insert(id.clone(), data);
+        Ok(StagedBlock { id, size })
+    }
+
+    async fn put_block_list(
+        &self,
+        name: &str,
+        blocks: &[StagedBlock],
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta> {
+        self.write(name, metadata, condition, |state| {
+            let staged = state.staged.get(name);
+            let committed = state.blobs.get(name).map(|b| &b.committed);
+            let mut blocks_by_id = HashMap::new();
+            let mut data = BytesMut::new();
+            for StagedBlock { id, size } in blocks {
+                let block = staged
+                    .and_then(|s| s.get(id))
+                    .or_else(|| committed.and_then(|c| c.get(id)))
+                    .ok_or_else(|| StorageError::Service {
+                        what: name.to_string(),
+                        status: 400,
+                        code: "InvalidBlockList".into(),
+                        message: format!("block {id} is neither staged nor committed"),
+                    })?;
+                if block.len() as u64 != *size {
+                    return Err(StorageError::Client {
+                        what: name.to_string(),
+                        message: format!("block {id} has {} bytes, not {size}", block.len()),
+                    });
+                }
+                data.extend_from_slice(block);
+                blocks_by_id.insert(id.clone(), block.clone());
+            }
+            Ok(Content {
+                data: data.freeze(),
+                md5: None,
+                blocks: blocks_by_id,
+            })
+        })
     }
 }

@@ -1,9 +1,17 @@
 //! The object store as adlsfs sees it: one small trait, [`BlobStore`], with an Azure
 //! implementation ([`azure::AzureStore`]) and an in-memory fake ([`memory::MemoryStore`]).
 //! Nothing outside this module sees `object_store` or HTTP types.
+//!
+//! Writes are conditional ([`WriteCondition`]) so that a commit never silently replaces a
+//! blob someone else wrote, and every write returns the new version's [`BlobMeta`] from
+//! the service's answer, so no HEAD follows it. Large files go up as blocks
+//! ([`BlobStore::put_block`], [`BlobStore::put_block_list`]), which serves any blob name
+//! with bounded memory.
 
 pub mod azure;
+mod blocks;
 pub mod credentials;
+pub mod faulty;
 pub mod memory;
 mod retry;
 
@@ -17,6 +25,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
+pub use blocks::{BlockId, StagedBlock, UPLOAD_PART_SIZE};
 pub use retry::{jittered, RetryPolicy, Retryable};
 
 /// User metadata of a blob (`x-ms-meta-*`), keys as stored.
@@ -63,6 +72,8 @@ pub enum StorageError {
     ContainerNotFound { account: String, container: String },
     #[error("blob {name:?} changed on the server (its ETag is no longer {etag})")]
     Changed { name: String, etag: String },
+    #[error("blob {name:?} already exists")]
+    AlreadyExists { name: String },
     #[error("access to {what} was refused ({status} {code}): check the credentials (AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_CONNECTION_STRING, workload identity) and that they grant read access")]
     Auth {
         what: String,
@@ -110,6 +121,7 @@ impl Classify for StorageError {
                 ErrorKind::NotFound
             }
             StorageError::Changed { .. } => ErrorKind::Changed,
+            StorageError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             StorageError::Auth { .. } => ErrorKind::Auth,
             StorageError::Unreachable { .. } => ErrorKind::Transient,
             StorageError::Service { status, .. }
@@ -125,6 +137,55 @@ impl Classify for StorageError {
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// What must hold on the service for a write to take effect. A write whose condition
+/// fails changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Unconditional: create the blob or replace whatever version is there.
+    Overwrite,
+    /// `If-None-Match: *`: only create a new blob. Fails with
+    /// [`StorageError::AlreadyExists`] when a blob of that name exists.
+    IfNoneMatch,
+    /// `If-Match: <etag>`: only replace the version with this ETag (quoted, as in
+    /// [`BlobMeta::etag`]). Fails with [`StorageError::Changed`] when the blob has another
+    /// ETag or no longer exists.
+    IfMatch(String),
+}
+
+impl WriteCondition {
+    /// Whether the condition holds for a blob whose current ETag is `current` (`None`
+    /// when there is no such blob); the condition's error when it does not.
+    pub fn check(&self, name: &str, current: Option<&str>) -> Result<()> {
+        let holds = match self {
+            WriteCondition::Overwrite => true,
+            WriteCondition::IfNoneMatch => current.is_none(),
+            WriteCondition::IfMatch(etag) => current == Some(etag.as_str()),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(self.failure(name))
+        }
+    }
+
+    /// The error a failed condition gives for blob `name`.
+    pub(crate) fn failure(&self, name: &str) -> StorageError {
+        match self {
+            WriteCondition::IfNoneMatch => StorageError::AlreadyExists {
+                name: name.to_string(),
+            },
+            WriteCondition::IfMatch(etag) => StorageError::Changed {
+                name: name.to_string(),
+                etag: etag.clone(),
+            },
+            WriteCondition::Overwrite => StorageError::Client {
+                what: name.to_string(),
+                message: "an unconditional write reported a failed condition".into(),
+            },
+        }
+    }
+}
 
 /// How an external tool (azcopy) may read one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,18 +257,64 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
         Ok(futures::stream::once(async move { Ok(data) }).boxed())
     }
 
-    /// Creates or replaces a blob with `data` and user `metadata`.
-    async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta>;
-
-    /// Uploads a local file. The default reads it whole; stores that can stream override it.
-    async fn put_file(&self, name: &str, path: &Path, metadata: &Metadata) -> Result<BlobMeta> {
-        let data = tokio::fs::read(path)
+    /// Creates or replaces a blob with `data` and user `metadata` (unconditionally).
+    async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta> {
+        self.put_if(name, data, metadata, &WriteCondition::Overwrite)
             .await
-            .map_err(|source| StorageError::LocalIo {
-                path: path.display().to_string(),
-                source,
-            })?;
-        self.put(name, Bytes::from(data), metadata).await
+    }
+
+    /// Writes a whole blob in one request (Put Blob) if `condition` holds, with user
+    /// `metadata`, and returns the new version as the service reported it (its ETag and
+    /// Last-Modified, the Content-MD5 of `data`), with the size and metadata sent.
+    ///
+    /// A conditional write retried after a lost answer may meet its own first attempt:
+    /// stores then report success only when the blob holds exactly what was sent (same
+    /// size and metadata, carrying a digest or a matching Content-MD5), else the
+    /// condition's error.
+    async fn put_if(
+        &self,
+        name: &str,
+        data: Bytes,
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta>;
+
+    /// Stages one block of a future blob (Put Block). Staged blocks are invisible until a
+    /// [`BlobStore::put_block_list`] commits them; within one blob, ids must be of equal
+    /// length, which every [`BlockId`] is. Staging an id again replaces its block.
+    async fn put_block(&self, name: &str, id: BlockId, data: Bytes) -> Result<StagedBlock>;
+
+    /// Commits the blob as the concatenation of `blocks` (Put Block List, each id looked
+    /// up among the staged blocks, then the committed ones), with user `metadata`, if
+    /// `condition` holds. An id that is neither fails with 400 `InvalidBlockList` and
+    /// changes nothing. A commit discards the blob's other staged blocks. The returned
+    /// version's size is the sum of the blocks' sizes; it has no Content-MD5: the service
+    /// records none for a block list.
+    async fn put_block_list(
+        &self,
+        name: &str,
+        blocks: &[StagedBlock],
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta>;
+
+    /// Uploads a local file unconditionally (see [`BlobStore::put_file_if`]).
+    async fn put_file(&self, name: &str, path: &Path, metadata: &Metadata) -> Result<BlobMeta> {
+        self.put_file_if(name, path, metadata, &WriteCondition::Overwrite)
+            .await
+    }
+
+    /// Uploads a local file if `condition` holds: one [`BlobStore::put_if`] up to
+    /// [`UPLOAD_PART_SIZE`], else blocks of that size, a few in flight, committed with the
+    /// condition, so memory stays bounded whatever the file's size.
+    async fn put_file_if(
+        &self,
+        name: &str,
+        path: &Path,
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta> {
+        blocks::put_file(self, name, path, metadata, condition, UPLOAD_PART_SIZE).await
     }
 }
 

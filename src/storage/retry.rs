@@ -3,6 +3,10 @@
 //! of adlsfs: storage requests and the native fetcher's ranges both use it. Attempts may
 //! share state that outlives each of them (an atomic, say), so an attempt resumes where the
 //! last one stopped: a range continues from its first byte not yet written.
+//!
+//! Retrying a write is safe for unconditional writes (the same bytes again) and block
+//! staging; a retried conditional write may meet its own landed first attempt, which
+//! `azure::rest` recognises after the fact (see its module docs).
 
 use super::StorageError;
 use std::future::Future;

@@ -2,8 +2,11 @@
 //! so the fake used by fast tests behaves like the service where adlsfs depends on it.
 
 use adlsfs::digest::{self, XXH3_METADATA_KEY};
-use adlsfs::storage::{BlobStore, Metadata, StorageError};
+use adlsfs::storage::{
+    BlobMeta, BlobStore, BlockId, Metadata, StagedBlock, StorageError, WriteCondition,
+};
 use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
 
 pub async fn run_all(store: &dyn BlobStore) {
     nested_listing(store).await;
@@ -11,6 +14,255 @@ pub async fn run_all(store: &dyn BlobStore) {
     ranged_reads(store).await;
     if_match_after_overwrite(store).await;
     missing_blob(store).await;
+    if_none_match_creates_only(store).await;
+    if_match_replaces_only_that_version(store).await;
+    block_upload_commits_the_concatenation_with_metadata(store).await;
+    block_commit_conditions_and_unknown_ids(store).await;
+    empty_block_list_commits_an_empty_blob(store).await;
+}
+
+/// What a write returned is what a HEAD then reports: no HEAD is needed after a write.
+async fn assert_is_current(store: &dyn BlobStore, written: &BlobMeta) {
+    let head = store.head(&written.name).await.unwrap();
+    assert_eq!(&head, written, "the write's answer against a HEAD");
+}
+
+async fn assert_content(store: &dyn BlobStore, name: &str, data: &[u8]) {
+    let head = store.head(name).await.unwrap();
+    let got = store.read(name, None, &head.etag).await.unwrap();
+    assert_eq!(&got[..], data, "content of {name}");
+}
+
+async fn if_none_match_creates_only(store: &dyn BlobStore) {
+    let name = "w/created";
+    let created = store
+        .put_if(
+            name,
+            Bytes::from_static(b"first"),
+            &meta_with_digest(b"first"),
+            &WriteCondition::IfNoneMatch,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.size, 5);
+    assert_eq!(created.metadata, meta_with_digest(b"first"));
+    assert_eq!(created.content_md5, Some(digest::md5(b"first")));
+    assert_is_current(store, &created).await;
+    let err = store
+        .put_if(
+            name,
+            Bytes::from_static(b"second"),
+            &Metadata::new(),
+            &WriteCondition::IfNoneMatch,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
+    assert!(err.to_string().contains(name), "{err}");
+    assert_is_current(store, &created).await;
+    assert_content(store, name, b"first").await;
+}
+
+async fn if_match_replaces_only_that_version(store: &dyn BlobStore) {
+    let name = "w/replaced";
+    let first = store
+        .put(name, Bytes::from_static(b"one"), &Metadata::new())
+        .await
+        .unwrap();
+    let meta = Metadata::from([("who".to_string(), "second".to_string())]);
+    let second = store
+        .put_if(
+            name,
+            Bytes::from_static(b"two!"),
+            &meta,
+            &WriteCondition::IfMatch(first.etag.clone()),
+        )
+        .await
+        .unwrap();
+    assert_ne!(second.etag, first.etag);
+    assert_eq!((second.size, &second.metadata), (4, &meta));
+    assert_is_current(store, &second).await;
+    let stale = WriteCondition::IfMatch(first.etag.clone());
+    let err = store
+        .put_if(name, Bytes::from_static(b"three"), &meta, &stale)
+        .await
+        .unwrap_err();
+    match &err {
+        StorageError::Changed { etag, .. } => assert_eq!(*etag, first.etag),
+        other => panic!("expected Changed, got {other:?}"),
+    }
+    assert_is_current(store, &second).await;
+    assert_content(store, name, b"two!").await;
+    // If-Match on a blob that does not exist is a changed blob too: nothing is created.
+    let err = store
+        .put_if("w/never", Bytes::from_static(b"x"), &meta, &stale)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Changed { .. }), "{err:?}");
+    assert!(matches!(
+        store.head("w/never").await,
+        Err(StorageError::NotFound { .. })
+    ));
+}
+
+/// Stages `parts` as blocks 0.. of `name`, several at once, and returns them in order.
+async fn stage(store: &dyn BlobStore, name: &str, parts: &[Vec<u8>]) -> Vec<StagedBlock> {
+    stream::iter(parts.iter().enumerate())
+        .map(|(i, part)| {
+            store.put_block(
+                name,
+                BlockId::from_index(i as u64),
+                Bytes::from(part.clone()),
+            )
+        })
+        .buffered(3)
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+async fn block_upload_commits_the_concatenation_with_metadata(store: &dyn BlobStore) {
+    let name = "blocks/whole";
+    let parts = [
+        super::pattern(300_000, 1),
+        super::pattern(1, 2),
+        super::pattern(70_001, 3),
+    ];
+    let whole = parts.concat();
+    let blocks = stage(store, name, &parts).await;
+    assert_eq!(blocks[2].size, 70_001);
+    // Staged blocks are not a blob.
+    assert!(matches!(
+        store.head(name).await,
+        Err(StorageError::NotFound { .. })
+    ));
+    assert!(store.list_dir("blocks/").await.unwrap().files.is_empty());
+    let meta = meta_with_digest(&whole);
+    let committed = store
+        .put_block_list(name, &blocks, &meta, &WriteCondition::IfNoneMatch)
+        .await
+        .unwrap();
+    assert_eq!(committed.size, whole.len() as u64);
+    assert_eq!(committed.metadata, meta);
+    assert_eq!(
+        committed.content_md5, None,
+        "no whole-blob MD5 for a block list"
+    );
+    assert_is_current(store, &committed).await;
+    assert_content(store, name, &whole).await;
+    assert_eq!(committed.xxh3().unwrap(), Some(digest::xxh3_128(&whole)));
+    let listed = store.list_dir("blocks/").await.unwrap();
+    assert_eq!(listed.files, std::slice::from_ref(&committed));
+    // Committing the same list again (as a retry would) finds the committed blocks.
+    let again = store
+        .put_block_list(name, &blocks, &meta, &WriteCondition::Overwrite)
+        .await
+        .unwrap();
+    assert_ne!(again.etag, committed.etag);
+    assert_content(store, name, &whole).await;
+}
+
+async fn block_commit_conditions_and_unknown_ids(store: &dyn BlobStore) {
+    let name = "blocks/conditional";
+    let old = store
+        .put(name, Bytes::from_static(b"old"), &Metadata::new())
+        .await
+        .unwrap();
+    let parts = [b"new ".to_vec(), b"content".to_vec()];
+    let blocks = stage(store, name, &parts).await;
+    // Staging leaves the committed blob as it was.
+    assert_is_current(store, &old).await;
+    let err = store
+        .put_block_list(
+            name,
+            &blocks,
+            &Metadata::new(),
+            &WriteCondition::IfNoneMatch,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
+    let stale = WriteCondition::IfMatch("\"0x8DEADBEEF000000\"".into());
+    let err = store
+        .put_block_list(name, &blocks, &Metadata::new(), &stale)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Changed { .. }), "{err:?}");
+    assert_is_current(store, &old).await;
+    assert_content(store, name, b"old").await;
+    // A failed commit keeps the staged blocks: the right condition then commits them.
+    let new = store
+        .put_block_list(
+            name,
+            &blocks,
+            &Metadata::new(),
+            &WriteCondition::IfMatch(old.etag.clone()),
+        )
+        .await
+        .unwrap();
+    assert_is_current(store, &new).await;
+    assert_content(store, name, b"new content").await;
+
+    let unknown = StagedBlock {
+        id: BlockId::from_index(99),
+        size: 1,
+    };
+    let err = store
+        .put_block_list(
+            name,
+            &[unknown],
+            &Metadata::new(),
+            &WriteCondition::Overwrite,
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        StorageError::Service { status, code, .. } => {
+            assert_eq!((*status, code.as_str()), (400, "InvalidBlockList"))
+        }
+        other => panic!("expected InvalidBlockList, got {other:?}"),
+    }
+    assert_content(store, name, b"new content").await;
+    // A commit discards the blocks it did not name.
+    let staged = stage(store, "blocks/discard", &[b"a".to_vec(), b"b".to_vec()]).await;
+    store
+        .put_block_list(
+            "blocks/discard",
+            &staged[..1],
+            &Metadata::new(),
+            &WriteCondition::Overwrite,
+        )
+        .await
+        .unwrap();
+    let err = store
+        .put_block_list(
+            "blocks/discard",
+            &staged[1..],
+            &Metadata::new(),
+            &WriteCondition::Overwrite,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::Service { status: 400, .. }),
+        "{err:?}"
+    );
+    assert_content(store, "blocks/discard", b"a").await;
+}
+
+async fn empty_block_list_commits_an_empty_blob(store: &dyn BlobStore) {
+    let meta = meta_with_digest(b"");
+    let empty = store
+        .put_block_list("blocks/empty", &[], &meta, &WriteCondition::IfNoneMatch)
+        .await
+        .unwrap();
+    assert_eq!(empty.size, 0);
+    assert_is_current(store, &empty).await;
+    assert!(store
+        .read("blocks/empty", None, &empty.etag)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 fn meta_with_digest(data: &[u8]) -> Metadata {

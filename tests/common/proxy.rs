@@ -23,6 +23,9 @@ pub enum Fault {
     Trickle(Duration),
     /// Send the response head, then nothing, ever.
     Stall,
+    /// Forward (so the request takes effect), then reset the connection without sending
+    /// any of the answer: a write that landed but whose answer was lost.
+    DropAnswer,
     /// Run this before forwarding (e.g. overwrite the blob between two ranged GETs).
     Before(Arc<dyn Fn() + Send + Sync>),
 }
@@ -261,6 +264,10 @@ async fn serve(
             let cut = body_start + (response.len() - body_start) / 2;
             client.write_all(&response[..cut]).await?;
             client.shutdown().await?;
+        }
+        Some(Fault::DropAnswer) => {
+            client.set_zero_linger()?;
+            drop(client);
         }
         Some(Fault::ResetMidBody) => {
             let cut = body_start + (response.len() - body_start) / 2;

@@ -1,5 +1,7 @@
-//! [`BlobStore`] on Azure Blob Storage: ranged reads and uploads through `object_store`,
-//! listing, HEAD and container creation through adlsfs's own REST calls ([`rest`]).
+//! [`BlobStore`] on Azure Blob Storage: ranged reads through `object_store`; listing,
+//! HEAD, the conditional writes and block uploads, and container creation through
+//! adlsfs's own REST calls ([`rest`]), which can put conditions and metadata on a block
+//! commit and return the new version from the write's answer.
 
 mod list_xml;
 mod rest;
@@ -7,8 +9,8 @@ mod shared_key;
 
 use super::credentials::{Access, Credential};
 use super::{
-    BlobMeta, BlobStore, DirListing, Metadata, ReadAccess, ReadUrlSigner, Result, RetryPolicy,
-    StorageError,
+    BlobMeta, BlobStore, BlockId, DirListing, Metadata, ReadAccess, ReadUrlSigner, Result,
+    RetryPolicy, StagedBlock, StorageError, WriteCondition,
 };
 use crate::location::Location;
 use async_trait::async_trait;
@@ -16,23 +18,15 @@ use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path as ObjectPath;
-use object_store::{
-    Attribute, Attributes, BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore,
-    PutMultipartOptions, RetryConfig, WriteMultipart,
-};
+use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig};
 use rest::{RestAuth, RestClient};
 use std::ops::Range;
-use std::path::Path;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use url::Url;
 
 /// Bound on establishing a TCP/TLS connection; an unreachable endpoint fails fast and the
 /// retry budget decides how long to keep trying.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Upload part size for files too big for one Put Blob in memory.
-const UPLOAD_PART_SIZE: usize = 8 << 20;
-const UPLOAD_CONCURRENCY: usize = 4;
 
 /// Everything needed to talk to one container.
 #[derive(Debug, Clone)]
@@ -275,14 +269,6 @@ impl AzureStore {
             message: source.to_string(),
         }
     }
-
-    fn put_attributes(metadata: &Metadata) -> Attributes {
-        let mut attributes = Attributes::new();
-        for (k, v) in metadata {
-            attributes.insert(Attribute::Metadata(k.clone().into()), v.clone().into());
-        }
-        attributes
-    }
 }
 
 #[async_trait]
@@ -333,50 +319,30 @@ impl BlobStore for AzureStore {
             .boxed())
     }
 
-    async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta> {
-        self.rest.put_blob(name, data, metadata).await?;
-        self.head(name).await
+    async fn put_if(
+        &self,
+        name: &str,
+        data: Bytes,
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta> {
+        self.rest.put_blob(name, data, metadata, condition).await
     }
 
-    /// Small files go up in one Put Blob (the service then records Content-MD5); larger
-    /// ones stream in blocks, never holding more than a few parts in memory.
-    async fn put_file(&self, name: &str, path: &Path, metadata: &Metadata) -> Result<BlobMeta> {
-        let io_err = |source| StorageError::LocalIo {
-            path: path.display().to_string(),
-            source,
-        };
-        let mut file = tokio::fs::File::open(path).await.map_err(io_err)?;
-        let size = file.metadata().await.map_err(io_err)?.len();
-        if size <= UPLOAD_PART_SIZE as u64 {
-            let mut data = Vec::with_capacity(size as usize);
-            file.read_to_end(&mut data).await.map_err(io_err)?;
-            return self.put(name, Bytes::from(data), metadata).await;
-        }
-        let object_path = self.object_path(name)?;
-        let options = PutMultipartOptions {
-            attributes: Self::put_attributes(metadata),
-            ..Default::default()
-        };
-        let upload = self
-            .store
-            .put_multipart_opts(&object_path, options)
+    async fn put_block(&self, name: &str, id: BlockId, data: Bytes) -> Result<StagedBlock> {
+        self.rest.put_block(name, id, data).await
+    }
+
+    async fn put_block_list(
+        &self,
+        name: &str,
+        blocks: &[StagedBlock],
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta> {
+        self.rest
+            .put_block_list(name, blocks, metadata, condition)
             .await
-            .map_err(|e| self.map_error(name, e))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_SIZE);
-        let mut buf = vec![0u8; UPLOAD_PART_SIZE];
-        loop {
-            let n = file.read(&mut buf).await.map_err(io_err)?;
-            if n == 0 {
-                break;
-            }
-            writer
-                .wait_for_capacity(UPLOAD_CONCURRENCY)
-                .await
-                .map_err(|e| self.map_error(name, e))?;
-            writer.write(&buf[..n]);
-        }
-        writer.finish().await.map_err(|e| self.map_error(name, e))?;
-        self.head(name).await
     }
 }
 

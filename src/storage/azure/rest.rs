@@ -1,12 +1,24 @@
 //! The Blob REST calls adlsfs makes itself: List Blobs (object_store's delimiter listing
 //! fails a whole directory on one odd name, and omits metadata), HEAD (object_store does
-//! not surface Content-MD5) and Create Container (for fixtures). Authorised with the same
-//! credential as the object_store client.
+//! not surface Content-MD5), the writes (Put Blob, Put Block, Put Block List, with
+//! conditions object_store cannot put on a block commit) and Create Container (for
+//! fixtures). Authorised with the same credential as the object_store client.
+//!
+//! Retried conditional writes: a write whose answer was lost (a broken connection, a
+//! timeout, a 5xx) is retried, and the retry may then meet the version its own earlier
+//! attempt wrote: `If-None-Match: *` answers "already exists", `If-Match` answers 412.
+//! Only after such a retry, the blob is read back with one HEAD, and the write counts as
+//! done when the blob holds what was sent: the same size and metadata, and either an
+//! xxh3 digest in that metadata or (Put Blob) the same Content-MD5. Otherwise the
+//! condition's error stands; without a digest an own write can't be told from another's.
 
 use super::list_xml::{self, parse_http_date, quoted_etag};
 use super::shared_key;
-use crate::digest::Md5Digest;
-use crate::storage::{BlobMeta, DirListing, Metadata, Result, RetryPolicy, StorageError};
+use crate::digest::{self, Md5Digest, XXH3_METADATA_KEY};
+use crate::storage::{
+    BlobMeta, BlockId, DirListing, Metadata, Result, RetryPolicy, StagedBlock, StorageError,
+    WriteCondition,
+};
 use bytes::Bytes;
 use object_store::azure::{AzureCredential, AzureCredentialProvider};
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -122,27 +134,69 @@ impl RestClient {
     }
 
     /// Put Blob: one request, any blob name (odd ones included), user metadata as
-    /// `x-ms-meta-*`. The service records Content-MD5 for such uploads.
-    pub async fn put_blob(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<()> {
-        let url = self.blob_url(name)?;
-        let mut headers = HeaderMap::new();
+    /// `x-ms-meta-*`, `Content-MD5` sent so the service checks the body and records it.
+    pub async fn put_blob(
+        &self,
+        name: &str,
+        data: Bytes,
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta> {
+        let md5 = digest::md5(&data);
+        let mut headers = write_headers(name, metadata, condition)?;
         headers.insert("x-ms-blob-type", HeaderValue::from_static("BlockBlob"));
-        for (k, v) in metadata {
-            let name =
-                reqwest::header::HeaderName::from_bytes(format!("{META_PREFIX}{k}").as_bytes())
-                    .map_err(|_| StorageError::Client {
-                        what: name.to_string(),
-                        message: format!("metadata key {k:?} is not a valid header name"),
-                    })?;
-            let value = HeaderValue::from_str(v).map_err(|_| StorageError::Client {
-                what: name.to_string(),
-                message: format!("metadata value for {k:?} is not a valid header value"),
-            })?;
-            headers.insert(name, value);
+        headers.insert("content-md5", header_value(&md5.to_base64())?);
+        let version = NewVersion {
+            name,
+            size: data.len() as u64,
+            metadata,
+            content_md5: Some(md5),
+        };
+        self.write(version, self.blob_url(name)?, headers, data, condition)
+            .await
+    }
+
+    /// Put Block: stages one block; retried freely (staging the same id again replaces it).
+    pub async fn put_block(&self, name: &str, id: BlockId, data: Bytes) -> Result<StagedBlock> {
+        let mut url = self.blob_url(name)?;
+        url.query_pairs_mut()
+            .append_pair("comp", "block")
+            .append_pair("blockid", id.as_str());
+        let size = data.len() as u64;
+        self.send_with(Method::PUT, url, name, HeaderMap::new(), Some(data))
+            .await
+            .0?;
+        Ok(StagedBlock { id, size })
+    }
+
+    /// Put Block List: commits `blocks` (each the latest staged or committed block of that
+    /// id) with the metadata and the condition in the same request.
+    pub async fn put_block_list(
+        &self,
+        name: &str,
+        blocks: &[StagedBlock],
+        metadata: &Metadata,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta> {
+        let mut url = self.blob_url(name)?;
+        url.query_pairs_mut().append_pair("comp", "blocklist");
+        let mut body = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
+        for block in blocks {
+            body.push_str("<Latest>");
+            body.push_str(block.id.as_str());
+            body.push_str("</Latest>");
         }
-        self.send_with(Method::PUT, url, name, headers, Some(data))
-            .await?;
-        Ok(())
+        body.push_str("</BlockList>");
+        let mut headers = write_headers(name, metadata, condition)?;
+        headers.insert("content-type", HeaderValue::from_static("application/xml"));
+        let version = NewVersion {
+            name,
+            size: blocks.iter().map(|b| b.size).sum(),
+            metadata,
+            content_md5: None,
+        };
+        self.write(version, url, headers, Bytes::from(body), condition)
+            .await
     }
 
     /// Creates the container; `Ok(false)` when it already exists.
@@ -156,12 +210,52 @@ impl RestClient {
         }
     }
 
+    /// Sends one write and returns the version it made, from the answer's ETag and
+    /// Last-Modified; a failed condition becomes the condition's error, unless this was a
+    /// retry and the blob turns out to hold what was sent (see the module docs).
+    async fn write(
+        &self,
+        version: NewVersion<'_>,
+        url: Url,
+        headers: HeaderMap,
+        body: Bytes,
+        condition: &WriteCondition,
+    ) -> Result<BlobMeta> {
+        let name = version.name;
+        let (sent, attempts) = self
+            .send_with(Method::PUT, url, name, headers, Some(body))
+            .await;
+        match sent {
+            Ok(response) => version.completed_by(response.headers()),
+            Err(e) if is_condition_failure(&e, condition) => {
+                if attempts > 1 {
+                    match self.head(name).await {
+                        Ok(head) if version.landed_as(&head, condition) => {
+                            tracing::info!(
+                                blob = name,
+                                attempts,
+                                "a retried conditional write had landed on an earlier attempt"
+                            );
+                            return Ok(head);
+                        }
+                        _ => {}
+                    }
+                }
+                Err(condition.failure(name))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends one request with retries of transient faults; non-2xx answers become typed errors.
     async fn send(&self, method: Method, url: Url, what: &str) -> Result<reqwest::Response> {
         self.send_with(method, url, what, HeaderMap::new(), None)
             .await
+            .0
     }
 
+    /// [`RestClient::send`] with headers and a body, also telling how many attempts were
+    /// made.
     async fn send_with(
         &self,
         method: Method,
@@ -169,9 +263,12 @@ impl RestClient {
         what: &str,
         headers: HeaderMap,
         body: Option<Bytes>,
-    ) -> Result<reqwest::Response> {
-        self.retry
+    ) -> (Result<reqwest::Response>, u32) {
+        let mut attempts = 0u32;
+        let result = self
+            .retry
             .run(|| {
+                attempts += 1;
                 self.send_once(
                     method.clone(),
                     url.clone(),
@@ -180,7 +277,8 @@ impl RestClient {
                     body.clone(),
                 )
             })
-            .await
+            .await;
+        (result, attempts)
     }
 
     async fn send_once(
@@ -300,6 +398,95 @@ impl RestClient {
     }
 }
 
+/// Whether `err` is `condition` failing: a 412 (Azurite answers it to `If-Match` on a
+/// missing blob too; a 404 is taken the same way), or the 409 `BlobAlreadyExists` that
+/// `If-None-Match: *` gets on an existing blob from Put Blob and Put Block List alike.
+fn is_condition_failure(err: &StorageError, condition: &WriteCondition) -> bool {
+    match (err, condition) {
+        (_, WriteCondition::Overwrite) => false,
+        (StorageError::Changed { .. }, _) => true,
+        (StorageError::NotFound { .. }, WriteCondition::IfMatch(_)) => true,
+        (StorageError::Service { status, code, .. }, _) => {
+            *status == 409 && code == "BlobAlreadyExists"
+        }
+        _ => false,
+    }
+}
+
+/// The request headers every write carries: its condition and the user metadata.
+fn write_headers(name: &str, metadata: &Metadata, condition: &WriteCondition) -> Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    match condition {
+        WriteCondition::Overwrite => {}
+        WriteCondition::IfNoneMatch => {
+            headers.insert("if-none-match", HeaderValue::from_static("*"));
+        }
+        WriteCondition::IfMatch(etag) => {
+            let value = HeaderValue::from_str(etag).map_err(|_| StorageError::Client {
+                what: name.to_string(),
+                message: format!("ETag {etag:?} is not a valid header value"),
+            })?;
+            headers.insert("if-match", value);
+        }
+    }
+    for (k, v) in metadata {
+        let header =
+            reqwest::header::HeaderName::from_bytes(format!("{META_PREFIX}{k}").as_bytes())
+                .map_err(|_| StorageError::Client {
+                    what: name.to_string(),
+                    message: format!("metadata key {k:?} is not a valid header name"),
+                })?;
+        let value = HeaderValue::from_str(v).map_err(|_| StorageError::Client {
+            what: name.to_string(),
+            message: format!("metadata value for {k:?} is not a valid header value"),
+        })?;
+        headers.insert(header, value);
+    }
+    Ok(headers)
+}
+
+/// What a write is about to make, known before the service answers.
+struct NewVersion<'a> {
+    name: &'a str,
+    size: u64,
+    metadata: &'a Metadata,
+    /// Of the whole blob, for a Put Blob; a block list has none.
+    content_md5: Option<Md5Digest>,
+}
+
+impl NewVersion<'_> {
+    /// The version, completed with the ETag and Last-Modified of the write's answer.
+    /// The answer's own Content-MD5 is not used: for a block list it is the digest of the
+    /// XML request body, not of the blob.
+    fn completed_by(self, headers: &HeaderMap) -> Result<BlobMeta> {
+        let (etag, last_modified) =
+            version_from_headers(headers).map_err(|message| StorageError::Client {
+                what: self.name.to_string(),
+                message,
+            })?;
+        Ok(BlobMeta {
+            name: self.name.to_string(),
+            size: self.size,
+            last_modified,
+            etag,
+            content_md5: self.content_md5,
+            metadata: self.metadata.clone(),
+        })
+    }
+
+    /// Whether `head` is this write, landed by an earlier attempt: same size and
+    /// metadata, and a digest that identifies the content.
+    fn landed_as(&self, head: &BlobMeta, condition: &WriteCondition) -> bool {
+        let identified = self.metadata.contains_key(XXH3_METADATA_KEY)
+            || (self.content_md5.is_some() && head.content_md5 == self.content_md5);
+        let new_version = match condition {
+            WriteCondition::IfMatch(etag) => head.etag != *etag,
+            _ => true,
+        };
+        identified && new_version && head.size == self.size && head.metadata == *self.metadata
+    }
+}
+
 fn header_value(value: &str) -> Result<HeaderValue> {
     HeaderValue::from_str(value).map_err(|_| {
         StorageError::Credentials("credential is not a valid HTTP header value".into())
@@ -331,18 +518,25 @@ fn xml_field(body: &str, tag: &str) -> Option<String> {
     Some(body[start..end].trim().to_string())
 }
 
+/// ETag and Last-Modified of a blob version, from a HEAD's or a write's answer.
+fn version_from_headers(headers: &HeaderMap) -> Result<(String, SystemTime), String> {
+    let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
+    let etag = get("etag")
+        .map(quoted_etag)
+        .ok_or("response without ETag")?;
+    let last_modified = match get("last-modified") {
+        Some(v) => parse_http_date(v)?,
+        None => SystemTime::UNIX_EPOCH,
+    };
+    Ok((etag, last_modified))
+}
+
 fn blob_meta_from_headers(name: &str, headers: &HeaderMap) -> Result<BlobMeta, String> {
     let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     let size = get("content-length")
         .and_then(|v| v.parse().ok())
         .ok_or("HEAD response without Content-Length")?;
-    let etag = get("etag")
-        .map(quoted_etag)
-        .ok_or("HEAD response without ETag")?;
-    let last_modified = match get("last-modified") {
-        Some(v) => parse_http_date(v)?,
-        None => SystemTime::UNIX_EPOCH,
-    };
+    let (etag, last_modified) = version_from_headers(headers)?;
     let content_md5 = get("content-md5").and_then(|v| Md5Digest::from_base64(v).ok());
     let metadata: Metadata = headers
         .iter()
