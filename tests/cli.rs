@@ -69,15 +69,7 @@ fn upload_then_list_and_stat_with_a_connection_string() {
 fn credentials_file_is_used_only_when_private() {
     let fx = Fixture::builder().no_container().start();
     let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "AZURE_STORAGE_CONNECTION_STRING={}\n",
-            fx.azurite.connection_string()
-        ),
-    )
-    .unwrap();
+    let creds = fx.credentials_file(dir.path());
     std::fs::write(dir.path().join("f"), b"data").unwrap();
     let file = dir.path().join("f");
     let upload = [

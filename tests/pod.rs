@@ -7,7 +7,7 @@ use adlsfs::metrics::{
     CACHE_HITS, CACHE_MISSES, FETCHED_BYTES, FETCHES, FETCHES_IN_FLIGHT, FETCH_FAILURES,
     VERIFICATION_FAILURES,
 };
-use common::fixture::Fixture;
+use common::fixture::{Fixture, SLOW_NATIVE};
 use common::mount::{is_mounted, Metrics};
 use common::{adlsfs_bin, pattern, stderr, wait_until};
 use std::io::{Read, Write};
@@ -119,16 +119,7 @@ fn mount_t_fuse_adlsfs_and_an_fstab_entry_mount_and_unmount() {
     let cache = work.path().join("cache");
     std::fs::create_dir(&mnt).unwrap();
     // fstab-style: credentials from a private file named in the options.
-    let creds = work.path().join("creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "AZURE_STORAGE_CONNECTION_STRING={}\n",
-            fx.azurite.connection_string()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let creds = fx.credentials_file(work.path());
     let source = fx.location();
     let opts = format!(
         "cache_dir={},credentials_file={},metadata_ttl=5s,allow_other,nosuid,nodev",
@@ -246,16 +237,7 @@ fn a_daemonised_mount_reports_its_outcome_through_the_exit_status() {
 fn sigterm_during_a_download_unmounts_cleanly_and_leaves_no_temporary() {
     let fx = Fixture::start();
     fx.upload("big.bin", &pattern(160 << 20, 5));
-    let mut mount = fx.mount(&[
-        "--fetcher",
-        "native",
-        "--native-parallelism",
-        "1",
-        "--native-chunk-size",
-        "1M",
-        "--drain-timeout",
-        "500ms",
-    ]);
+    let mut mount = fx.mount(&[&SLOW_NATIVE[..], &["--drain-timeout", "500ms"]].concat());
     let path = mount.path().join("big.bin");
     let reader =
         std::thread::spawn(move || std::fs::File::open(path).map(|mut f| f.read(&mut [0u8; 1])));

@@ -35,7 +35,8 @@ fn recording_azcopy(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 fn everything_the_daemon_showed(mount: &Mount) -> String {
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", mount.pid())).unwrap_or_default();
+    let cmdline =
+        std::fs::read(format!("/proc/{}/cmdline", mount.pid())).expect("the daemon is alive");
     format!("{}\n{}", mount.log(), String::from_utf8_lossy(&cmdline))
 }
 

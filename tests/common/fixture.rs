@@ -20,6 +20,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+/// Mount arguments for a native download of one 1 MiB range at a time, which takes
+/// seconds for a blob of 100 MiB or more on loopback: long enough to act during it.
+pub const SLOW_NATIVE: [&str; 6] = [
+    "--fetcher",
+    "native",
+    "--native-parallelism",
+    "1",
+    "--native-chunk-size",
+    "1M",
+];
+
 /// What varies between fixtures; [`Fixture::builder`] starts with the plain one.
 #[derive(Default)]
 pub struct Builder {
@@ -245,6 +256,17 @@ impl Fixture {
             .arg(self.cache())
             .output()
             .expect("running adlsfs cache")
+    }
+
+    /// Writes a private (0600) credentials file in `dir` holding this Azurite's
+    /// connection string, as `--credentials-file` and `credentials_file=` read it.
+    pub fn credentials_file(&self, dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("creds");
+        let cs = self.azurite.connection_string();
+        std::fs::write(&path, format!("AZURE_STORAGE_CONNECTION_STRING={cs}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
     }
 
     /// GETs Azurite received for `blob`. Panics unless built with `request_log`.
