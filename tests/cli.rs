@@ -3,58 +3,40 @@
 
 mod common;
 
-use common::{adlsfs_bin, Azurite};
+use common::fixture::Fixture;
+use common::{adlsfs_command, stderr, stdout};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
+use std::process::Output;
 
+/// `adlsfs <args>` with no credentials but those in `env`.
 fn adlsfs(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(adlsfs_bin());
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = adlsfs_command();
+    cmd.args(args).envs(env.iter().copied());
     cmd.output().expect("running adlsfs")
-}
-
-fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "adlsfs failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout.clone()).unwrap()
 }
 
 #[test]
 fn upload_then_list_and_stat_with_a_connection_string() {
-    let azurite = Azurite::start();
-    let cs = azurite.connection_string();
-    let env = [("AZURE_STORAGE_CONNECTION_STRING", cs.as_str())];
+    // The upload creates the container.
+    let fx = Fixture::builder().no_container().start();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("sub dir")).unwrap();
     std::fs::write(dir.path().join("hello.txt"), b"hello world\n").unwrap();
     std::fs::write(dir.path().join("sub dir/empty"), b"").unwrap();
-    let container = common::unique_container_name();
-    let location = format!("adls://devstoreaccount1/{container}/data");
+    let location = fx.uri("data");
 
-    let up = adlsfs(
-        &[
-            "upload",
-            dir.path().to_str().unwrap(),
-            &location,
-            "--create-container",
-        ],
-        &env,
-    );
-    let up = stdout(&up);
+    let up = stdout(&fx.cli(&[
+        "upload",
+        dir.path().to_str().unwrap(),
+        &location,
+        "--create-container",
+    ]));
     assert!(
         up.contains("data/hello.txt  12 bytes  xxh3_128=7vrJ2HEAzRM2suczpUhEJQ=="),
         "{up}"
     );
 
-    let ls = stdout(&adlsfs(&["ls", "-l", "-R", &location], &env));
+    let ls = stdout(&fx.cli(&["ls", "-l", "-R", &location]));
     let lines: Vec<&str> = ls.lines().collect();
     assert_eq!(lines.len(), 3, "{ls}");
     assert!(
@@ -68,11 +50,9 @@ fn upload_then_list_and_stat_with_a_connection_string() {
         "{ls}"
     );
 
-    let stat = stdout(&adlsfs(&["stat", &format!("{location}/hello.txt")], &env));
+    let stat = stdout(&fx.cli(&["stat", &format!("{location}/hello.txt")]));
     assert!(
-        stat.contains(&format!(
-            "uri: adls://devstoreaccount1/{container}/data/hello.txt"
-        )),
+        stat.contains(&format!("uri: {}", fx.uri("data/hello.txt"))),
         "{stat}"
     );
     assert!(
@@ -87,56 +67,44 @@ fn upload_then_list_and_stat_with_a_connection_string() {
 
 #[test]
 fn credentials_file_is_used_only_when_private() {
-    let azurite = Azurite::start();
-    let container = common::unique_container_name();
+    let fx = Fixture::builder().no_container().start();
     let dir = tempfile::tempdir().unwrap();
-    let creds = dir.path().join("creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "AZURE_STORAGE_CONNECTION_STRING={}\n",
-            azurite.connection_string()
-        ),
-    )
-    .unwrap();
+    let creds = fx.credentials_file(dir.path());
     std::fs::write(dir.path().join("f"), b"data").unwrap();
-    let location = format!("adls://devstoreaccount1/{container}");
-    let args = |cmd: &'static str| -> Vec<String> {
-        let mut v = vec![cmd.to_string()];
-        if cmd == "upload" {
-            v.push(dir.path().join("f").to_str().unwrap().to_string());
-        }
-        v.extend([
-            location.clone(),
-            "--credentials-file".into(),
-            creds.to_str().unwrap().into(),
-        ]);
-        if cmd == "upload" {
-            v.push("--create-container".into());
-        }
-        v
-    };
-    let run = |cmd| {
-        let a = args(cmd);
-        adlsfs(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[])
+    let file = dir.path().join("f");
+    let upload = [
+        "upload",
+        file.to_str().unwrap(),
+        &fx.location(),
+        "--create-container",
+    ];
+    let ls = ["ls", &fx.location()];
+    // Only the file holds credentials.
+    let run = |args: &[&str]| {
+        adlsfs_command()
+            .args(args)
+            .arg("--credentials-file")
+            .arg(&creds)
+            .output()
+            .expect("running adlsfs")
     };
 
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let refused = run("upload");
+    let refused = run(&upload);
     assert!(!refused.status.success());
-    let err = String::from_utf8_lossy(&refused.stderr);
+    let err = stderr(&refused);
     assert!(err.contains("chmod 600"), "{err}");
 
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
-    stdout(&run("upload"));
-    assert_eq!(stdout(&run("ls")).trim(), "f");
+    stdout(&run(&upload));
+    assert_eq!(stdout(&run(&ls)).trim(), "f");
 }
 
 #[test]
 fn bad_inputs_get_clear_errors_and_a_failing_exit_code() {
     let bad = adlsfs(&["ls", "s3://bucket/key"], &[]);
     assert!(!bad.status.success());
-    let err = String::from_utf8_lossy(&bad.stderr);
+    let err = stderr(&bad);
     assert!(
         err.contains("accepted forms") && err.contains("adls://<account>/<container>"),
         "{err}"
@@ -156,7 +124,7 @@ fn bad_inputs_get_clear_errors_and_a_failing_exit_code() {
         &[("AZURE_STORAGE_SAS_TOKEN", "sv=2023-11-03&sig=TOPSECRETSIG")],
     );
     assert!(!unreachable.status.success());
-    let err = String::from_utf8_lossy(&unreachable.stderr);
+    let err = stderr(&unreachable);
     assert!(
         err.contains("could not reach") && err.contains(&port),
         "{err}"
@@ -180,7 +148,7 @@ fn mount_refuses_a_missing_or_non_empty_mountpoint() {
         &[],
     );
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("does not exist"), "{err}");
 
     std::fs::write(dir.path().join("file"), b"x").unwrap();
@@ -193,6 +161,6 @@ fn mount_refuses_a_missing_or_non_empty_mountpoint() {
         &[],
     );
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("not empty"), "{err}");
 }

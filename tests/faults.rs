@@ -4,57 +4,31 @@
 
 mod common;
 
+use adlsfs::metrics::{CACHE_HITS, CACHE_MISSES, FETCHES, FETCH_FAILURES, VERIFICATION_FAILURES};
 use adlsfs::storage::BlobStore;
 use bytes::Bytes;
-use common::mount::Mount;
-use common::proxy::{Fault, FaultProxy};
-use common::{pattern, put_file, rt, with_digest, Azurite};
+use common::fixture::Fixture;
+use common::proxy::Fault;
+use common::{pattern, rt, stderr, with_digest};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A mount whose storage endpoint is the proxy.
-fn mount_via(
-    azurite: &Azurite,
-    proxy: &FaultProxy,
-    container: &str,
-    cache: &std::path::Path,
-    extra: &[&str],
-) -> Mount {
-    let endpoint = proxy.endpoint().to_string();
-    let mut args = vec!["--endpoint", endpoint.as_str()];
-    args.extend_from_slice(extra);
-    Mount::start(
-        azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache,
-        &args,
-    )
-}
-
 #[test]
 fn transient_faults_are_retried_and_the_bytes_are_right() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
     let data = pattern(24 << 20, 61);
-    put_file(&store, "fault.bin", &data);
-    let proxy = FaultProxy::start(azurite.port);
-    let cache = tempfile::tempdir().unwrap();
-    let mount = mount_via(
-        &azurite,
-        &proxy,
-        &container,
-        cache.path(),
-        &[
-            "--fetcher",
-            "native",
-            "--native-chunk-size",
-            "4M",
-            "--read-timeout",
-            "1s",
-            "--retry-timeout",
-            "20s",
-        ],
-    );
+    fx.upload("fault.bin", &data);
+    let mount = fx.mount(&[
+        "--fetcher",
+        "native",
+        "--native-chunk-size",
+        "4M",
+        "--read-timeout",
+        "1s",
+        "--retry-timeout",
+        "20s",
+    ]);
     for fault in [
         Fault::ResetMidBody,
         Fault::CutShort,
@@ -70,7 +44,7 @@ fn transient_faults_are_retried_and_the_bytes_are_right() {
     assert!(got == data, "bytes differ after faults");
     // Six 4 MiB ranges; every faulted one was asked for again (by object_store's request
     // retries or by the fetcher resuming the range).
-    let gets = proxy.count("GET /devstoreaccount1/") - proxy.count("comp=list");
+    let gets = proxy.count(&format!("GET /devstoreaccount1/{}/fault.bin", fx.container));
     assert!(
         gets >= 6 + 7,
         "the faulted ranges were fetched again: {gets} GETs"
@@ -79,33 +53,23 @@ fn transient_faults_are_retried_and_the_bytes_are_right() {
 
 #[test]
 fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
     let old = pattern(4 << 20, 62);
     let new = pattern(4 << 20, 63);
-    rt().block_on(store.put("v.bin", Bytes::from(old.clone()), &with_digest(&old)))
-        .unwrap();
-    let proxy = FaultProxy::start(azurite.port);
-    let cache = tempfile::tempdir().unwrap();
-    let mount = mount_via(
-        &azurite,
-        &proxy,
-        &container,
-        cache.path(),
-        &[
-            "--fetcher",
-            "native",
-            "--native-chunk-size",
-            "1M",
-            "--native-parallelism",
-            "1",
-            "--metadata-ttl",
-            "1s",
-        ],
-    );
+    fx.put("v.bin", &old);
+    let mount = fx.mount(&[
+        "--fetcher",
+        "native",
+        "--native-chunk-size",
+        "1M",
+        "--native-parallelism",
+        "1",
+        "--metadata-ttl",
+        "1s",
+    ]);
     // The first ranged GET goes through; before the second, the blob is replaced.
-    let store = Arc::new(store);
-    let (s, n) = (Arc::clone(&store), new.clone());
+    let (s, n) = (Arc::clone(&fx.store), new.clone());
     proxy.add(
         "GET",
         "/v.bin",
@@ -132,20 +96,22 @@ fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
     // again (ESTALE) and opens the new version: never a mix, never the stale bytes.
     let got = std::fs::read(mount.path().join("v.bin")).unwrap();
     assert!(got == new, "only the new version's bytes");
-    let log = mount.log();
-    assert!(log.contains("changed"), "{log}");
+    let metrics = mount.metrics();
     assert_eq!(
-        std::fs::read_dir(cache.path().join("tmp")).unwrap().count(),
-        0
+        metrics.failures("changed"),
+        1.0,
+        "the old version's fetch failed on If-Match: {metrics}"
     );
-    let entries: Vec<_> = std::fs::read_dir(
-        cache
-            .path()
-            .join(format!("v1/devstoreaccount1/{container}")),
-    )
-    .unwrap()
-    .map(|e| e.unwrap().file_name())
-    .collect();
+    assert_eq!(metrics.total(FETCH_FAILURES), 1.0, "{metrics}");
+    assert_eq!(
+        metrics.fetcher(FETCHES, "native"),
+        1.0,
+        "one fetch completed: {metrics}"
+    );
+    let log = mount.log();
+    assert!(log.contains("changed on the server"), "{log}");
+    assert_eq!(fx.temporaries(), 0);
+    let entries = fx.cached();
     assert_eq!(
         entries.len(),
         1,
@@ -155,20 +121,11 @@ fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
 
 #[test]
 fn a_spent_retry_budget_is_eio_and_the_next_open_tries_afresh() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
     let data = pattern(2 << 20, 64);
-    rt().block_on(store.put("down.bin", Bytes::from(data.clone()), &with_digest(&data)))
-        .unwrap();
-    let proxy = FaultProxy::start(azurite.port);
-    let cache = tempfile::tempdir().unwrap();
-    let mount = mount_via(
-        &azurite,
-        &proxy,
-        &container,
-        cache.path(),
-        &["--fetcher", "native", "--retry-timeout", "2s"],
-    );
+    fx.put("down.bin", &data);
+    let mount = fx.mount(&["--fetcher", "native", "--retry-timeout", "2s"]);
     proxy.add("GET", "/down.bin", true, Fault::Status(500, None), 10_000);
     let start = Instant::now();
     let err = std::fs::read(mount.path().join("down.bin")).unwrap_err();
@@ -178,62 +135,44 @@ fn a_spent_retry_budget_is_eio_and_the_next_open_tries_afresh() {
         "took {:?}",
         start.elapsed()
     );
+    let metrics = mount.metrics();
+    assert_eq!(metrics.failures("transient"), 1.0, "{metrics}");
+    assert_eq!(metrics.total(FETCH_FAILURES), 1.0, "{metrics}");
+    // The log line names the blob.
     let log = mount.log();
     assert!(
-        log.contains("down.bin") && log.contains("could not materialise"),
+        log.lines()
+            .any(|l| l.contains("down.bin") && l.contains("could not materialise")),
         "{log}"
     );
-    assert_eq!(
-        std::fs::read_dir(cache.path().join("tmp")).unwrap().count(),
-        0
-    );
+    assert_eq!(fx.temporaries(), 0);
     proxy.clear();
     assert!(
         std::fs::read(mount.path().join("down.bin")).unwrap() == data,
         "no poisoned negative cache"
     );
+    let metrics = mount.metrics();
+    assert_eq!(metrics.get(CACHE_MISSES), 2.0, "{metrics}");
+    assert_eq!(metrics.fetcher(FETCHES, "native"), 1.0, "{metrics}");
 }
 
 #[test]
 fn the_mount_stays_responsive_while_one_blob_server_stalls() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
-    rt().block_on(store.put(
-        "cached.txt",
-        Bytes::from_static(b"fast"),
-        &with_digest(b"fast"),
-    ))
-    .unwrap();
-    rt().block_on(store.put(
-        "stuck.bin",
-        Bytes::from(pattern(1 << 20, 65)),
-        &with_digest(&pattern(1 << 20, 65)),
-    ))
-    .unwrap();
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
+    fx.put("cached.txt", b"fast");
+    fx.put("stuck.bin", &pattern(1 << 20, 65));
     for i in 0..10 {
-        rt().block_on(store.put(
-            &format!("other/f{i}"),
-            Bytes::from_static(b"x"),
-            &with_digest(b"x"),
-        ))
-        .unwrap();
+        fx.put(&format!("other/f{i}"), b"x");
     }
-    let proxy = FaultProxy::start(azurite.port);
-    let cache = tempfile::tempdir().unwrap();
-    let mount = mount_via(
-        &azurite,
-        &proxy,
-        &container,
-        cache.path(),
-        &[
-            "--fetcher",
-            "native",
-            "--read-timeout",
-            "2s",
-            "--retry-timeout",
-            "5s",
-        ],
-    );
+    let mount = fx.mount(&[
+        "--fetcher",
+        "native",
+        "--read-timeout",
+        "2s",
+        "--retry-timeout",
+        "5s",
+    ]);
     assert_eq!(
         std::fs::read(mount.path().join("cached.txt")).unwrap(),
         b"fast"
@@ -269,26 +208,18 @@ fn the_mount_stays_responsive_while_one_blob_server_stalls() {
 
 #[test]
 fn a_stalled_azcopy_is_killed_and_the_file_is_fetched_natively() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
     let data = pattern(24 << 20, 66);
-    put_file(&store, "az.bin", &data);
-    let proxy = FaultProxy::start(azurite.port);
-    let cache = tempfile::tempdir().unwrap();
-    let mount = mount_via(
-        &azurite,
-        &proxy,
-        &container,
-        cache.path(),
-        &[
-            "--fetcher",
-            "azcopy",
-            "--azcopy-min-size",
-            "1M",
-            "--azcopy-stall-timeout",
-            "3s",
-        ],
-    );
+    fx.upload("az.bin", &data);
+    let mount = fx.mount(&[
+        "--fetcher",
+        "azcopy",
+        "--azcopy-min-size",
+        "1M",
+        "--azcopy-stall-timeout",
+        "3s",
+    ]);
     // azcopy's requests carry its SAS in the query; the native fetcher's do not.
     proxy.add("GET", "/az.bin?", true, Fault::Stall, 10_000);
     let got = std::fs::read(mount.path().join("az.bin")).unwrap();
@@ -298,13 +229,16 @@ fn a_stalled_azcopy_is_killed_and_the_file_is_fetched_natively() {
         log.contains("no progress") && log.contains("falling back to the native fetcher"),
         "{log}"
     );
-    assert!(log.contains("fetcher=\"native\""), "{log}");
+    let metrics = mount.metrics();
+    assert_eq!(metrics.fetcher(FETCHES, "native"), 1.0, "{metrics}");
+    assert_eq!(metrics.fetcher(FETCHES, "azcopy"), 0.0, "{metrics}");
+    assert!(proxy.count("/az.bin?") > 0, "azcopy was asked first");
 }
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+        .expect("the daemon is alive")
+        .count()
 }
 
 fn peak_rss_mib(pid: u32) -> u64 {
@@ -322,8 +256,8 @@ fn peak_rss_mib(pid: u32) -> u64 {
 /// all keep churning.
 #[test]
 fn soak_32_readers_200_files_with_5_percent_faults() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
     let sizes: Vec<usize> = (0..200)
         .map(|i| match i % 10 {
             0 => 4 << 20,
@@ -331,46 +265,26 @@ fn soak_32_readers_200_files_with_5_percent_faults() {
             _ => 4 << 10,
         })
         .collect();
-    let digests: Vec<_> = rt().block_on(async {
-        use futures::stream::{self, StreamExt};
-        stream::iter(sizes.iter().enumerate())
-            .map(|(i, &size)| {
-                let store = &store;
-                async move {
-                    let data = pattern(size, 1000 + i as u64);
-                    store
-                        .put(
-                            &format!("soak/f{i:03}"),
-                            Bytes::from(data.clone()),
-                            &with_digest(&data),
-                        )
-                        .await
-                        .unwrap();
-                    adlsfs::digest::xxh3_128(&data)
-                }
-            })
-            .buffered(16)
-            .collect()
-            .await
-    });
-    let proxy = FaultProxy::start(azurite.port);
-    let cache = tempfile::tempdir().unwrap();
-    let mount = mount_via(
-        &azurite,
-        &proxy,
-        &container,
-        cache.path(),
-        &[
-            "--fetcher",
-            "native",
-            "--cache-size",
-            "24M",
-            "--metadata-ttl",
-            "1s",
-            "--read-timeout",
-            "2s",
-        ],
-    );
+    let blobs: Vec<(String, Vec<u8>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| (format!("soak/f{i:03}"), pattern(size, 1000 + i as u64)))
+        .collect();
+    fx.put_all(&blobs);
+    let digests: Vec<_> = blobs
+        .iter()
+        .map(|(_, data)| adlsfs::digest::xxh3_128(data))
+        .collect();
+    let mount = fx.mount(&[
+        "--fetcher",
+        "native",
+        "--cache-size",
+        "24M",
+        "--metadata-ttl",
+        "1s",
+        "--read-timeout",
+        "2s",
+    ]);
     let pid = mount.pid();
     // Warm up once so the counts below compare like with like.
     std::fs::read(mount.path().join("soak/f000")).unwrap();
@@ -436,81 +350,74 @@ fn soak_32_readers_200_files_with_5_percent_faults() {
         "peak RSS {} MiB",
         peak_rss_mib(pid)
     );
-    assert_eq!(
-        std::fs::read_dir(cache.path().join("tmp")).unwrap().count(),
-        0,
-        "temporaries left"
-    );
+    assert_eq!(fx.temporaries(), 0, "temporaries left");
     eprintln!("soak: {reads} verified reads, {injected} faults injected, fds {fds_before} -> {fds_after}, peak RSS {} MiB", peak_rss_mib(pid));
 }
 
 #[test]
 fn prefetch_through_faults_gets_every_file_right_or_names_it() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
-    let files: Vec<Vec<u8>> = (0..30)
-        .map(|i| pattern(300_000 + i * 1000, 90 + i as u64))
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
+    let files: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            (
+                format!("p/f{i:02}"),
+                pattern(300_000 + i * 1000, 90 + i as u64),
+            )
+        })
         .collect();
-    for (i, data) in files.iter().enumerate() {
-        rt().block_on(store.put(
-            &format!("p/f{i:02}"),
-            Bytes::from(data.clone()),
-            &with_digest(data),
-        ))
-        .unwrap();
-    }
-    let proxy = FaultProxy::start(azurite.port);
+    fx.put_all(&files);
+    // One blob whose recorded digest is not that of its bytes.
+    fx.put_claiming("p/bad", &pattern(300_000, 89), b"other bytes");
     proxy.chaos(20);
-    let cache = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(common::adlsfs_bin())
-        .args([
-            "prefetch",
-            &format!("adls://devstoreaccount1/{container}"),
-            "p",
-        ])
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .args([
-            "--endpoint",
-            proxy.endpoint().as_str(),
-            "--fetcher",
-            "native",
-            "--native-chunk-size",
-            "64K",
-        ])
-        .env(
-            "AZURE_STORAGE_CONNECTION_STRING",
-            azurite.connection_string(),
-        )
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let out = fx.prefetch(&["p", "--fetcher", "native", "--native-chunk-size", "64K"]);
+    let err = stderr(&out);
     assert!(
-        err.contains("30 downloaded") && err.contains("0 failed"),
+        !out.status.success(),
+        "a failed file fails the prefetch: {err}"
+    );
+    assert!(
+        err.contains("30 downloaded, 0 already cached, 1 failed"),
+        "{err}"
+    );
+    let failed: Vec<&str> = err.lines().filter(|l| l.contains("FAILED")).collect();
+    assert_eq!(failed.len(), 1, "{err}");
+    assert!(
+        failed[0].contains(&format!("FAILED {}: ", fx.uri("p/bad")))
+            && failed[0].contains("mismatch"),
         "{err}"
     );
     assert!(proxy.chaos_injected() > 0, "no fault met");
+    let mut cached = fx.cached_blobs();
+    cached.sort();
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        cached, names,
+        "every good file is cached, the bad one is not"
+    );
+
     // Every cached byte is right: a mount reading them downloads nothing more.
     proxy.clear();
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &[],
-    );
-    for (i, data) in files.iter().enumerate() {
-        assert!(std::fs::read(mount.path().join(format!("p/f{i:02}"))).unwrap() == *data);
+    let mount = fx.mount(&[]);
+    for (name, data) in &files {
+        assert!(
+            std::fs::read(mount.path().join(name)).unwrap() == *data,
+            "{name}"
+        );
     }
-    let stats = std::process::Command::new(common::adlsfs_bin())
-        .arg("stats")
-        .arg(mount.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&stats.stdout);
+    let err = std::fs::read(mount.path().join("p/bad")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let metrics = mount.metrics();
+    assert_eq!(metrics.get(CACHE_HITS), 30.0, "{metrics}");
     assert_eq!(
-        adlsfs::metrics::sample(&text, "adlsfs_cache_misses_total"),
-        Some(0.0),
-        "{text}"
+        metrics.get(CACHE_MISSES),
+        1.0,
+        "only the bad one: {metrics}"
+    );
+    assert_eq!(metrics.get(VERIFICATION_FAILURES), 1.0, "{metrics}");
+    assert_eq!(
+        fx.cached().len(),
+        30,
+        "still nothing cached for the bad one"
     );
 }

@@ -3,47 +3,17 @@
 
 mod common;
 
-use adlsfs::digest::{xxh3_128, XXH3_METADATA_KEY};
-use adlsfs::storage::azure::AzureStore;
+use adlsfs::digest::xxh3_128;
+use adlsfs::metrics::{CACHE_MISSES, FETCH_FAILURES, VERIFICATION_FAILURES};
 use adlsfs::storage::{BlobStore, Metadata};
-use bytes::Bytes;
-use common::mount::Mount;
-use common::{pattern, put_file, rt, with_digest, Azurite};
+use common::fixture::Fixture;
+use common::{pattern, walk};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn put(store: &AzureStore, name: &str, data: &[u8]) {
-    rt().block_on(store.put(name, Bytes::from(data.to_vec()), &with_digest(data)))
-        .unwrap_or_else(|e| panic!("put {name}: {e}"));
-}
-
-/// Relative path → size of every regular file under `root`, walked with plain std::fs.
-fn walk(root: &Path) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                let rel = entry
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, meta.len());
-            }
-        }
-    }
-    out
-}
 
 fn getfattr(args: &[&str], path: &Path) -> String {
     let out = Command::new("getfattr")
@@ -67,14 +37,9 @@ fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
     }
 }
 
-fn cache_entries(cache: &Path) -> Vec<String> {
-    walk(&cache.join("v1")).into_keys().collect()
-}
-
 #[test]
 fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::start();
     let big = pattern(256 << 20, 11);
     let mut fixtures: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     fixtures.insert("hello.txt".into(), b"hello world\n".to_vec());
@@ -82,18 +47,12 @@ fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
     fixtures.insert("dir/a.csv".into(), b"id,v\n1,2\n".to_vec());
     fixtures.insert("dir/sub dir/ünï #1.bin".into(), pattern(3 << 20, 5));
     for (name, data) in &fixtures {
-        put(&store, name, data);
+        fx.put(name, data);
     }
-    put_file(&store, "big/blob.bin", &big);
+    fx.upload("big/blob.bin", &big);
     fixtures.insert("big/blob.bin".into(), big);
 
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &[],
-    );
+    let mount = fx.mount(&[]);
     let root = mount.path();
 
     let expected: BTreeMap<String, u64> = fixtures
@@ -105,15 +64,22 @@ fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
         expected,
         "tree and sizes come from the listing"
     );
-    assert!(
-        cache_entries(cache.path()).is_empty(),
+    assert_eq!(
+        mount.metrics().get(CACHE_MISSES),
+        0.0,
         "listing downloads nothing"
     );
+    assert!(fx.cached().is_empty(), "listing downloads nothing");
 
     for (name, data) in &fixtures {
         let got = fs::read(root.join(name)).unwrap();
         assert!(got == *data, "bytes of {name} differ");
     }
+    assert_eq!(
+        fx.cached().len(),
+        fixtures.len(),
+        "each file read is cached (so the check above looks in the right place)"
+    );
     // mmap reads the same bytes as read().
     let file = fs::File::open(root.join("dir/sub dir/ünï #1.bin")).unwrap();
     let len = 3 << 20;
@@ -145,9 +111,7 @@ fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
     );
     let all = getfattr(&["-d", "-e", "text"], &root.join("dir/a.csv"));
     assert!(
-        all.contains(&format!(
-            "user.adls.uri=\"adls://devstoreaccount1/{container}/dir/a.csv\""
-        )),
+        all.contains(&format!("user.adls.uri=\"{}\"", fx.uri("dir/a.csv"))),
         "{all}"
     );
     assert!(all.contains("user.adls.etag=\"\\\"0x"), "{all}");
@@ -179,62 +143,48 @@ fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
 
 #[test]
 fn a_wrong_digest_fails_with_eio_and_caches_nothing() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
-    let wrong = Metadata::from([(
-        XXH3_METADATA_KEY.to_string(),
-        xxh3_128(b"other bytes").to_base64(),
-    )]);
-    rt().block_on(store.put("bad.bin", Bytes::from(pattern(100_000, 1)), &wrong))
-        .unwrap();
-    put(&store, "good.bin", b"good");
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &[],
-    );
+    let fx = Fixture::start();
+    fx.put_claiming("bad.bin", &pattern(100_000, 1), b"other bytes");
+    fx.put("good.bin", b"good");
+    let mount = fx.mount(&[]);
 
     let err = fs::read(mount.path().join("bad.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let metrics = mount.metrics();
+    assert_eq!(metrics.get(VERIFICATION_FAILURES), 1.0, "{metrics}");
+    assert_eq!(metrics.failures("corrupt"), 1.0, "{metrics}");
+    assert_eq!(metrics.total(FETCH_FAILURES), 1.0, "{metrics}");
+    // The log line names the blob.
     assert!(
-        mount.log().contains("bad.bin") && mount.log().contains("mismatch"),
+        mount
+            .log()
+            .lines()
+            .any(|l| l.contains("bad.bin") && l.contains("mismatch")),
         "{}",
         mount.log()
     );
-    assert_eq!(cache_entries(cache.path()), Vec::<String>::new());
-    assert_eq!(
-        fs::read_dir(cache.path().join("tmp")).unwrap().count(),
-        0,
-        "temporary left behind"
-    );
+    assert_eq!(fx.cached_blobs(), Vec::<String>::new());
+    assert_eq!(fx.temporaries(), 0, "temporary left behind");
     // The mount keeps serving everything else.
     assert_eq!(fs::read(mount.path().join("good.bin")).unwrap(), b"good");
+    assert_eq!(fx.cached_blobs(), ["good.bin"]);
 }
 
 #[test]
 fn sixteen_cold_readers_cause_one_download() {
-    let azurite = Azurite::start_logged();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::builder().request_log().start();
     let data = pattern(40 << 20, 2);
-    put_file(&store, "shared.bin", &data);
-    put_file(&store, "alone.bin", &data);
-    let cache = tempfile::tempdir().unwrap();
+    fx.upload("shared.bin", &data);
+    fx.upload("alone.bin", &data);
     // Native, so the count is of adlsfs's own ranged GETs (azcopy has its own test).
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &["--fetcher", "native"],
-    );
+    let mount = fx.mount(&["--fetcher", "native"]);
 
     // The baseline: what one cold reader costs.
     assert_eq!(
         fs::read(mount.path().join("alone.bin")).unwrap().len(),
         data.len()
     );
-    let single = azurite.blob_gets(&container, "alone.bin");
+    let single = fx.blob_gets("alone.bin");
     assert!(single >= 1);
 
     let path = mount.path().join("shared.bin");
@@ -248,7 +198,7 @@ fn sixteen_cold_readers_cause_one_download() {
         assert_eq!(r.join().unwrap(), xxh3_128(&data));
     }
     assert_eq!(
-        azurite.blob_gets(&container, "shared.bin"),
+        fx.blob_gets("shared.bin"),
         single,
         "16 readers, one download"
     );
@@ -256,20 +206,13 @@ fn sixteen_cold_readers_cause_one_download() {
 
 #[test]
 fn ls_of_another_directory_returns_while_a_large_download_runs() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
-    put_file(&store, "slow/big.bin", &pattern(192 << 20, 4));
+    let fx = Fixture::start();
+    fx.upload("slow/big.bin", &pattern(192 << 20, 4));
     for i in 0..20 {
-        put(&store, &format!("other/f{i}"), b"x");
+        fx.put(&format!("other/f{i}"), b"x");
     }
-    let cache = tempfile::tempdir().unwrap();
     // One 1 MiB range at a time makes the download take seconds on loopback.
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &["--native-parallelism", "1", "--native-chunk-size", "1M"],
-    );
+    let mount = fx.mount(&["--native-parallelism", "1", "--native-chunk-size", "1M"]);
     let big = mount.path().join("slow/big.bin");
     let reader = std::thread::spawn(move || {
         let start = Instant::now();
@@ -300,17 +243,10 @@ fn ls_of_another_directory_returns_while_a_large_download_runs() {
 
 #[test]
 fn every_mutation_fails_with_erofs() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
-    put(&store, "f.txt", b"data");
-    put(&store, "d/g.txt", b"data");
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &[],
-    );
+    let fx = Fixture::start();
+    fx.put("f.txt", b"data");
+    fx.put("d/g.txt", b"data");
+    let mount = fx.mount(&[]);
     let root = mount.path();
     let f = root.join("f.txt");
     assert_eq!(errno_of(fs::write(root.join("new.txt"), b"x")), libc::EROFS);
@@ -348,16 +284,13 @@ fn every_mutation_fails_with_erofs() {
 
 #[test]
 fn remount_reuses_the_cache_without_downloading_again() {
-    let azurite = Azurite::start_logged();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::builder().request_log().start();
     let data = pattern(20 << 20, 9);
-    put_file(&store, "model.bin", &data);
-    let cache = tempfile::tempdir().unwrap();
-    let location = format!("adls://devstoreaccount1/{container}");
+    fx.upload("model.bin", &data);
 
-    let mut first = Mount::start(&azurite, &location, cache.path(), &[]);
+    let mut first = fx.mount(&[]);
     assert!(fs::read(first.path().join("model.bin")).unwrap() == data);
-    let gets = azurite.blob_gets(&container, "model.bin");
+    let gets = fx.blob_gets("model.bin");
     assert!(gets > 0);
     assert!(first.stop().success(), "adlsfs exits 0 on SIGTERM");
     assert!(
@@ -365,19 +298,19 @@ fn remount_reuses_the_cache_without_downloading_again() {
         "SIGTERM unmounts"
     );
 
-    let second = Mount::start(&azurite, &location, cache.path(), &[]);
+    let second = fx.mount(&[]);
     assert!(fs::read(second.path().join("model.bin")).unwrap() == data);
+    assert_eq!(fx.blob_gets("model.bin"), gets, "served from the cache");
     assert_eq!(
-        azurite.blob_gets(&container, "model.bin"),
-        gets,
+        second.metrics().get(CACHE_MISSES),
+        0.0,
         "served from the cache"
     );
 }
 
 #[test]
 fn odd_blob_names_are_hidden_and_never_break_a_listing() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::start();
     let long = "l".repeat(256);
     for name in [
         "d/ok.txt",
@@ -386,15 +319,9 @@ fn odd_blob_names_are_hidden_and_never_break_a_listing() {
         "c/a",
         "c/a/inner",
     ] {
-        put(&store, name, b"x");
+        fx.put(name, b"x");
     }
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &[],
-    );
+    let mount = fx.mount(&[]);
     let names = |p: &Path| -> Vec<String> {
         let mut v: Vec<_> = fs::read_dir(p)
             .unwrap()
@@ -420,16 +347,9 @@ fn odd_blob_names_are_hidden_and_never_break_a_listing() {
 
 #[test]
 fn unmount_with_fusermount_ends_the_daemon() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
-    put(&store, "f", b"1");
-    let cache = tempfile::tempdir().unwrap();
-    let mut mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &[],
-    );
+    let fx = Fixture::start();
+    fx.put("f", b"1");
+    let mut mount = fx.mount(&[]);
     let status = Command::new("fusermount3")
         .arg("-u")
         .arg(mount.path())
@@ -442,18 +362,16 @@ fn unmount_with_fusermount_ends_the_daemon() {
 
 #[test]
 fn blobs_without_an_xxh3_digest_verify_by_md5_or_length_or_are_refused() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::start();
     // Put Blob: the service records Content-MD5, but there is no xxh3 metadata.
     let small = b"no xxh3 here\n".to_vec();
-    rt().block_on(store.put("md5-only.txt", Bytes::from(small.clone()), &Metadata::new()))
-        .unwrap();
+    fx.put_raw("md5-only.txt", &small);
     // A block upload has neither digest.
     let big = pattern(12 << 20, 8);
     let tmp = tempfile::NamedTempFile::new().unwrap();
     fs::write(tmp.path(), &big).unwrap();
-    let meta = rt()
-        .block_on(store.put_file("bare.bin", tmp.path(), &Metadata::new()))
+    let meta = fx
+        .block_on(fx.store.put_file("bare.bin", tmp.path(), &Metadata::new()))
         .unwrap();
     assert_eq!(
         (meta.content_md5, meta.xxh3().unwrap()),
@@ -461,10 +379,8 @@ fn blobs_without_an_xxh3_digest_verify_by_md5_or_length_or_are_refused() {
         "fixture has no digest"
     );
 
-    let location = format!("adls://devstoreaccount1/{container}");
-    let cache = tempfile::tempdir().unwrap();
     {
-        let mount = Mount::start(&azurite, &location, cache.path(), &[]);
+        let mount = fx.mount(&[]);
         assert_eq!(fs::read(mount.path().join("md5-only.txt")).unwrap(), small);
         assert!(fs::read(mount.path().join("bare.bin")).unwrap() == big);
         // The xxh3 xattr of a blob without one is computed from the verified download.
@@ -488,12 +404,7 @@ fn blobs_without_an_xxh3_digest_verify_by_md5_or_length_or_are_refused() {
         );
     }
     let strict_cache = tempfile::tempdir().unwrap();
-    let strict = Mount::start(
-        &azurite,
-        &location,
-        strict_cache.path(),
-        &["--require-digest"],
-    );
+    let strict = fx.mount_on(strict_cache.path(), &["--require-digest"], &[]);
     assert_eq!(fs::read(strict.path().join("md5-only.txt")).unwrap(), small);
     let err = fs::read(strict.path().join("bare.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");

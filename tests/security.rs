@@ -2,11 +2,11 @@
 
 mod common;
 
+use adlsfs::metrics::FETCHES;
 use adlsfs::storage::credentials::EMULATOR_KEY;
-use adlsfs::storage::BlobStore;
-use bytes::Bytes;
+use common::fixture::Fixture;
 use common::mount::Mount;
-use common::{pattern, rt, with_digest, Azurite};
+use common::pattern;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -35,7 +35,8 @@ fn recording_azcopy(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 }
 
 fn everything_the_daemon_showed(mount: &Mount) -> String {
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", mount.pid())).unwrap_or_default();
+    let cmdline =
+        std::fs::read(format!("/proc/{}/cmdline", mount.pid())).expect("the daemon is alive");
     format!("{}\n{}", mount.log(), String::from_utf8_lossy(&cmdline))
 }
 
@@ -59,16 +60,16 @@ fn assert_no_world_writable(dir: &Path) {
 
 #[test]
 fn keys_and_sas_tokens_never_show_in_logs_or_command_lines() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
+    let fx = Fixture::start();
     let big = pattern(3 << 20, 71);
-    rt().block_on(store.put("a.bin", Bytes::from(big.clone()), &with_digest(&big)))
-        .unwrap();
+    fx.put("a.bin", &big);
     // Below --azcopy-min-size: fetched natively.
     let small = pattern(100_000, 72);
-    rt().block_on(store.put("b.bin", Bytes::from(small.clone()), &with_digest(&small)))
+    fx.put("b.bin", &small);
+    let container_sas = fx
+        .store
+        .container_read_url(Duration::from_secs(3600))
         .unwrap();
-    let container_sas = store.container_read_url(Duration::from_secs(3600)).unwrap();
     let sas = container_sas.query().unwrap().to_string();
     let sig = container_sas
         .query_pairs()
@@ -76,10 +77,9 @@ fn keys_and_sas_tokens_never_show_in_logs_or_command_lines() {
         .unwrap()
         .1
         .into_owned();
-    let endpoint = azurite.endpoint().to_string();
+    let endpoint = fx.azurite.endpoint().to_string();
     let scripts = tempfile::tempdir().unwrap();
     let (azcopy, record) = recording_azcopy(scripts.path());
-    let location = format!("adls://devstoreaccount1/{container}");
 
     for (credential, value, secret) in [
         (
@@ -91,9 +91,7 @@ fn keys_and_sas_tokens_never_show_in_logs_or_command_lines() {
     ] {
         let cache = tempfile::tempdir().unwrap();
         let _ = std::fs::remove_file(&record);
-        let mount = Mount::start_with_env(
-            &azurite,
-            &location,
+        let mount = fx.mount_on(
             cache.path(),
             &[
                 "--endpoint",
@@ -123,10 +121,9 @@ fn keys_and_sas_tokens_never_show_in_logs_or_command_lines() {
         );
         let shown = everything_the_daemon_showed(&mount);
         assert!(!shown.contains(&secret), "{credential} leaked:\n{shown}");
-        assert!(
-            shown.contains("fetcher=\"azcopy\"") && shown.contains("fetcher=\"native\""),
-            "{shown}"
-        );
+        let metrics = mount.metrics();
+        assert_eq!(metrics.fetcher(FETCHES, "azcopy"), 1.0, "{metrics}");
+        assert_eq!(metrics.fetcher(FETCHES, "native"), 1.0, "{metrics}");
         assert_no_world_writable(cache.path());
 
         // azcopy's command line carried a read-only SAS for one blob, or the mount's own SAS.
@@ -154,21 +151,9 @@ fn keys_and_sas_tokens_never_show_in_logs_or_command_lines() {
 
 #[test]
 fn without_allow_other_another_user_cannot_read_the_mount() {
-    let azurite = Azurite::start();
-    let (container, store) = rt().block_on(azurite.new_container());
-    rt().block_on(store.put(
-        "private.txt",
-        Bytes::from_static(b"mine"),
-        &with_digest(b"mine"),
-    ))
-    .unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &[],
-    );
+    let fx = Fixture::start();
+    fx.put("private.txt", b"mine");
+    let mount = fx.mount(&[]);
     let file = mount.path().join("private.txt");
     assert_eq!(std::fs::read(&file).unwrap(), b"mine");
     // The parent tempdir is 0700: open it up so only FUSE's own check stands in the way.

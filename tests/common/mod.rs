@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod conformance;
+pub mod fixture;
 pub mod mount;
 pub mod proxy;
 
@@ -222,6 +223,57 @@ pub fn unique_container_name() -> String {
 /// Path of the built `adlsfs` binary.
 pub fn adlsfs_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_adlsfs"))
+}
+
+/// The `adlsfs` binary with none of the caller's `AZURE_*` credential variables.
+pub fn adlsfs_command() -> Command {
+    let mut cmd = Command::new(adlsfs_bin());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AZURE_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// A command's standard error, for assertions and their messages.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A command's standard output, after asserting that it succeeded.
+pub fn stdout(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "adlsfs failed: {}", stderr(out));
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Polls `cond` every 25 ms; panics naming `what` after 20 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Relative path → size of every regular file under `root`, walked with plain std::fs.
+pub fn walk(root: &Path) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let path = entry.path();
+                let rel = path.strip_prefix(root).unwrap().to_string_lossy();
+                out.insert(rel.into_owned(), meta.len());
+            }
+        }
+    }
+    out
 }
 
 /// Deterministic pseudo-random bytes (different for different seeds).

@@ -97,6 +97,16 @@ impl Mount {
         self.signal(libc::SIGKILL)
     }
 
+    /// The daemon's counters, read with `adlsfs stats <mountpoint>`.
+    pub fn metrics(&self) -> Metrics {
+        let out = Command::new(adlsfs_bin())
+            .arg("stats")
+            .arg(self.path())
+            .output()
+            .expect("running adlsfs stats");
+        Metrics(super::stdout(&out))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("mount stopped").id()
     }
@@ -130,6 +140,41 @@ impl Drop for Mount {
                 .arg(&mountpoint)
                 .status();
         }
+    }
+}
+
+/// A Prometheus text exposition of the daemon's counters (names in `adlsfs::metrics`).
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// One sample, e.g. `get(CACHE_MISSES)`; panics, showing them all, when it is missing.
+    pub fn get(&self, name_and_labels: &str) -> f64 {
+        adlsfs::metrics::sample(&self.0, name_and_labels)
+            .unwrap_or_else(|| panic!("no sample {name_and_labels} in:\n{}", self.0))
+    }
+
+    /// A per-fetcher sample, e.g. `fetcher(FETCHES, "native")`.
+    pub fn fetcher(&self, name: &str, fetcher: &str) -> f64 {
+        self.get(&format!("{name}{{fetcher=\"{fetcher}\"}}"))
+    }
+
+    /// Failed fetches of one kind (`corrupt`, `changed`, `transient`, ...).
+    pub fn failures(&self, kind: &str) -> f64 {
+        self.get(&format!(
+            "{}{{kind=\"{kind}\"}}",
+            adlsfs::metrics::FETCH_FAILURES
+        ))
+    }
+
+    /// The sum of a metric over all its labels.
+    pub fn total(&self, name: &str) -> f64 {
+        adlsfs::metrics::sum(&self.0, name)
+    }
+}
+
+impl std::fmt::Display for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
