@@ -52,6 +52,22 @@ pub struct Node {
     pub opens: u64,
 }
 
+impl Node {
+    /// A directory not listed yet, with no kernel references or handles.
+    fn dir(parent: Ino, name: &str, prefix: &str) -> Self {
+        Node {
+            parent,
+            name: name.to_string(),
+            kind: NodeKind::Dir(DirNode {
+                prefix: prefix.to_string(),
+                children: None,
+            }),
+            lookups: 0,
+            opens: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct InodeTable {
     nodes: HashMap<Ino, Node>,
@@ -71,19 +87,10 @@ impl InodeTable {
             next: ROOT_INO + 1,
             warned: HashSet::new(),
         };
-        table.nodes.insert(
-            ROOT_INO,
-            Node {
-                parent: ROOT_INO,
-                name: String::new(),
-                kind: NodeKind::Dir(DirNode {
-                    prefix: root_prefix.to_string(),
-                    children: None,
-                }),
-                lookups: 1,
-                opens: 0,
-            },
-        );
+        // The kernel holds the root from mount to unmount: one lookup that is never forgotten.
+        let mut root = Node::dir(ROOT_INO, "", root_prefix);
+        root.lookups = 1;
+        table.nodes.insert(ROOT_INO, root);
         table.dirs.insert(root_prefix.to_string(), ROOT_INO);
         table
     }
@@ -201,16 +208,7 @@ impl InodeTable {
         if let Some(&ino) = self.dirs.get(prefix) {
             return ino;
         }
-        let ino = self.allocate(Node {
-            parent,
-            name: name.to_string(),
-            kind: NodeKind::Dir(DirNode {
-                prefix: prefix.to_string(),
-                children: None,
-            }),
-            lookups: 0,
-            opens: 0,
-        });
+        let ino = self.allocate(Node::dir(parent, name, prefix));
         self.dirs.insert(prefix.to_string(), ino);
         ino
     }

@@ -262,6 +262,20 @@ impl AzureStore {
                     };
                 }
             }
+            // The service's answer, when retries of it ran out (object_store keeps the
+            // error type private: its text names the status).
+            if let Some(status) = answered_status(&err.to_string()) {
+                return StorageError::Service {
+                    what: name.to_string(),
+                    status,
+                    code: reqwest::StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("")
+                        .to_string(),
+                    message: source.to_string(),
+                };
+            }
             cause = err.source();
         }
         StorageError::Client {
@@ -269,6 +283,12 @@ impl AzureStore {
             message: source.to_string(),
         }
     }
+}
+
+/// The HTTP status in object_store's "Server returned non-2xx status code: 503 ..." text.
+fn answered_status(text: &str) -> Option<u16> {
+    let rest = text.split("non-2xx status code: ").nth(1)?;
+    rest.get(..3)?.parse().ok()
 }
 
 #[async_trait]
@@ -435,5 +455,19 @@ impl AzureStore {
             "Azure CLI" => Some("AZCLI"),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_status_of_a_service_answer_is_read_from_object_stores_text() {
+        let text = "Error performing GET http://x/c/b in 2s, after 3 retries - Server returned non-2xx status code: 503 Service Unavailable: busy";
+        assert_eq!(super::answered_status(text), Some(503));
+        assert_eq!(
+            super::answered_status("Server returned non-2xx status code: 4"),
+            None
+        );
+        assert_eq!(super::answered_status("connection reset"), None);
     }
 }
