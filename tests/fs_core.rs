@@ -12,9 +12,7 @@ use adlsfs::location::Location;
 use adlsfs::materialise::verify::VerifyPolicy;
 use adlsfs::materialise::Materialiser;
 use adlsfs::storage::memory::MemoryStore;
-use adlsfs::storage::{
-    BlobMeta, BlobStore, BlockId, DirListing, Metadata, StagedBlock, WriteCondition,
-};
+use adlsfs::storage::{BlobMeta, BlobStore, BlobWrite, BlockId, DirListing, Metadata, StagedBlock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -238,14 +236,8 @@ impl BlobStore for Md5Override {
         Ok(self.patch(self.inner.put(name, data, metadata).await?))
     }
 
-    async fn put_if(
-        &self,
-        name: &str,
-        data: Bytes,
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> adlsfs::storage::Result<BlobMeta> {
-        Ok(self.patch(self.inner.put_if(name, data, metadata, condition).await?))
+    async fn put_if(&self, write: &BlobWrite, data: Bytes) -> adlsfs::storage::Result<BlobMeta> {
+        Ok(self.patch(self.inner.put_if(write, data).await?))
     }
 
     async fn put_block(
@@ -259,13 +251,10 @@ impl BlobStore for Md5Override {
 
     async fn put_block_list(
         &self,
-        name: &str,
+        write: &BlobWrite,
         blocks: &[StagedBlock],
-        metadata: &Metadata,
-        condition: &WriteCondition,
     ) -> adlsfs::storage::Result<BlobMeta> {
-        let meta = self.inner.put_block_list(name, blocks, metadata, condition);
-        Ok(self.patch(meta.await?))
+        Ok(self.patch(self.inner.put_block_list(write, blocks).await?))
     }
 }
 

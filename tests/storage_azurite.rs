@@ -6,7 +6,9 @@ mod common;
 use adlsfs::storage::azure::{AzureConfig, AzureStore};
 use adlsfs::storage::credentials::EMULATOR_KEY;
 use adlsfs::storage::credentials::{Credential, Secret, EMULATOR_ACCOUNT};
-use adlsfs::storage::{BlobStore, BlockId, Metadata, RetryPolicy, StorageError, WriteCondition};
+use adlsfs::storage::{
+    BlobStore, BlobWrite, BlockId, Metadata, RetryPolicy, StorageError, WriteCondition,
+};
 use bytes::Bytes;
 use common::proxy::{Fault, FaultProxy};
 use common::{with_digest, Azurite};
@@ -247,10 +249,8 @@ async fn writes_send_no_head_and_large_files_go_up_in_blocks() {
     std::fs::write(&path, &data).unwrap();
     let big = store
         .put_file_if(
-            "n/big",
+            &BlobWrite::new("n/big", &with_digest(&data), WriteCondition::IfNoneMatch),
             &path,
-            &with_digest(&data),
-            &WriteCondition::IfNoneMatch,
         )
         .await
         .unwrap();
@@ -274,10 +274,8 @@ async fn a_conditional_write_whose_answer_was_lost_is_recognised_on_retry() {
     let data = b"landed";
     let created = store
         .put_if(
-            "w/landed",
+            &BlobWrite::new("w/landed", &with_digest(data), WriteCondition::IfNoneMatch),
             Bytes::from_static(data),
-            &with_digest(data),
-            &WriteCondition::IfNoneMatch,
         )
         .await
         .unwrap();
@@ -293,10 +291,12 @@ async fn a_conditional_write_whose_answer_was_lost_is_recognised_on_retry() {
     proxy.add("PUT", "comp=blocklist", false, Fault::DropAnswer, 1);
     let replaced = store
         .put_block_list(
-            "w/landed",
+            &BlobWrite::new(
+                "w/landed",
+                &with_digest(new),
+                WriteCondition::IfMatch(created.etag.clone()),
+            ),
             &[block],
-            &with_digest(new),
-            &WriteCondition::IfMatch(created.etag.clone()),
         )
         .await
         .unwrap();
@@ -323,10 +323,12 @@ async fn a_retried_write_that_meets_another_writers_blob_fails() {
     proxy.add("PUT", "/w/theirs", false, Fault::DropAnswer, 1);
     let err = store
         .put_if(
-            "w/theirs",
+            &BlobWrite::new(
+                "w/theirs",
+                &with_digest(b"ours"),
+                WriteCondition::IfNoneMatch,
+            ),
             Bytes::from_static(b"ours"),
-            &with_digest(b"ours"),
-            &WriteCondition::IfNoneMatch,
         )
         .await
         .unwrap_err();
@@ -351,10 +353,8 @@ async fn a_retried_write_that_meets_another_writers_blob_fails() {
     proxy.add("PUT", "comp=blocklist", false, Fault::DropAnswer, 1);
     let err = store
         .put_block_list(
-            "w/bare",
+            &BlobWrite::new("w/bare", &Metadata::new(), WriteCondition::IfNoneMatch),
             &[block],
-            &Metadata::new(),
-            &WriteCondition::IfNoneMatch,
         )
         .await
         .unwrap_err();

@@ -128,7 +128,7 @@ impl NativeFetcher {
         let (meta, end) = (job.meta, job.range.end);
         let mut body = self
             .store
-            .read_stream(&meta.name, Some(*offset..end), &meta.etag)
+            .read_stream(&meta.name, *offset..end, &meta.etag)
             .await?;
         let mut batch = BytesMut::new();
         loop {

@@ -2,7 +2,7 @@
 //! staged blocks plus one conditional commit. Written once against the trait, so every
 //! store (Azure and the in-memory fake) runs the same code path, for any blob name.
 
-use super::{BlobMeta, BlobStore, Metadata, Result, StorageError, WriteCondition};
+use super::{BlobMeta, BlobStore, BlobWrite, Result, StorageError};
 use base64::Engine;
 use bytes::Bytes;
 use futures::stream::{self, TryStreamExt};
@@ -48,13 +48,11 @@ impl std::fmt::Display for BlockId {
 
 /// Uploads the file at `path`: one `put_if` when it fits in `part_size`, else parts of
 /// `part_size` (grown to stay within the service's block limit), at most
-/// [`UPLOAD_CONCURRENCY`] staged at once, then a commit with `condition`.
+/// [`UPLOAD_CONCURRENCY`] staged at once, then a commit with the write's condition.
 pub(super) async fn put_file<S: BlobStore + ?Sized>(
     store: &S,
-    name: &str,
+    write: &BlobWrite,
     path: &Path,
-    metadata: &Metadata,
-    condition: &WriteCondition,
     part_size: usize,
 ) -> Result<BlobMeta> {
     let io_err = |source| StorageError::LocalIo {
@@ -66,9 +64,7 @@ pub(super) async fn put_file<S: BlobStore + ?Sized>(
     if size <= part_size as u64 {
         let mut data = Vec::with_capacity(size as usize);
         file.read_to_end(&mut data).await.map_err(io_err)?;
-        return store
-            .put_if(name, Bytes::from(data), metadata, condition)
-            .await;
+        return store.put_if(write, Bytes::from(data)).await;
     }
     let part_size = part_size_for(size, part_size);
     let parts = stream::try_unfold((file, 0u64), |(mut file, index)| async move {
@@ -79,13 +75,11 @@ pub(super) async fn put_file<S: BlobStore + ?Sized>(
     });
     let blocks: Vec<StagedBlock> = parts
         .map_err(io_err)
-        .map_ok(|(id, part)| store.put_block(name, id, part))
+        .map_ok(|(id, part)| store.put_block(&write.name, id, part))
         .try_buffered(UPLOAD_CONCURRENCY)
         .try_collect()
         .await?;
-    store
-        .put_block_list(name, &blocks, metadata, condition)
-        .await
+    store.put_block_list(write, &blocks).await
 }
 
 /// `part_size`, or larger where the file would otherwise need more than [`MAX_BLOCKS`].
@@ -149,17 +143,9 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let store = counted_store();
-        let meta = Metadata::from([("k".to_string(), "v".to_string())]);
-        let upload = || {
-            put_file(
-                &store,
-                "b",
-                &path,
-                &meta,
-                &WriteCondition::IfNoneMatch,
-                1024,
-            )
-        };
+        let meta = crate::storage::Metadata::from([("k".to_string(), "v".to_string())]);
+        let write = BlobWrite::new("b", &meta, crate::storage::WriteCondition::IfNoneMatch);
+        let upload = || put_file(&store, &write, &path, 1024);
         let put = upload().await.unwrap();
         assert_eq!(
             (put.size, &put.metadata, put.content_md5),
@@ -182,16 +168,8 @@ mod tests {
         let path = dir.path().join("f");
         std::fs::write(&path, b"small").unwrap();
         let store = counted_store();
-        let put = put_file(
-            &store,
-            "b",
-            &path,
-            &Metadata::new(),
-            &WriteCondition::Overwrite,
-            5,
-        )
-        .await
-        .unwrap();
+        let write = BlobWrite::overwrite("b", &crate::storage::Metadata::new());
+        let put = put_file(&store, &write, &path, 5).await.unwrap();
         assert_eq!(put.content_md5, Some(crate::digest::md5(b"small")));
         assert_eq!((store.calls(Op::Put), store.calls(Op::PutBlock)), (1, 0));
     }

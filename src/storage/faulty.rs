@@ -7,12 +7,12 @@
 //! covers what only real connections show.
 
 use super::{
-    BlobMeta, BlobStore, BlockId, DirListing, Metadata, Result, StagedBlock, StorageError,
-    WriteCondition,
+    BlobMeta, BlobStore, BlobWrite, BlockId, ByteStream, DirListing, Result, StagedBlock,
+    StorageError,
 };
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, StreamExt};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::ops::Range;
@@ -274,15 +274,10 @@ impl BlobStore for FaultyStore {
         Ok(out.freeze())
     }
 
-    async fn read_stream(
-        &self,
-        name: &str,
-        range: Option<Range<u64>>,
-        etag: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+    async fn read_stream(&self, name: &str, range: Range<u64>, etag: &str) -> Result<ByteStream> {
         let read = self.inner.read_stream(name, range.clone(), etag);
         let body = self.call(Op::Read, name, read).await?;
-        let damager = self.damager(name, &range);
+        let damager = self.damager(name, &Some(range));
         Ok(body
             .scan(damager, |damager, piece| {
                 let out = (!damager.finished).then(|| match piece {
@@ -298,15 +293,9 @@ impl BlobStore for FaultyStore {
             .boxed())
     }
 
-    async fn put_if(
-        &self,
-        name: &str,
-        data: Bytes,
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta> {
-        let put = self.inner.put_if(name, data, metadata, condition);
-        self.call(Op::Put, name, put).await
+    async fn put_if(&self, write: &BlobWrite, data: Bytes) -> Result<BlobMeta> {
+        let put = self.inner.put_if(write, data);
+        self.call(Op::Put, &write.name, put).await
     }
 
     async fn put_block(&self, name: &str, id: BlockId, data: Bytes) -> Result<StagedBlock> {
@@ -314,15 +303,9 @@ impl BlobStore for FaultyStore {
         self.call(Op::PutBlock, name, put).await
     }
 
-    async fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[StagedBlock],
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta> {
-        let commit = self.inner.put_block_list(name, blocks, metadata, condition);
-        self.call(Op::Commit, name, commit).await
+    async fn put_block_list(&self, write: &BlobWrite, blocks: &[StagedBlock]) -> Result<BlobMeta> {
+        let commit = self.inner.put_block_list(write, blocks);
+        self.call(Op::Commit, &write.name, commit).await
     }
 }
 
@@ -330,6 +313,7 @@ impl BlobStore for FaultyStore {
 mod tests {
     use super::*;
     use crate::storage::memory::MemoryStore;
+    use crate::storage::{Metadata, WriteCondition};
     use futures::TryStreamExt;
     use std::time::Instant;
 
@@ -401,10 +385,8 @@ mod tests {
             .unwrap();
         let err = store
             .put_block_list(
-                "w",
+                &BlobWrite::new("w", &Metadata::new(), WriteCondition::IfNoneMatch),
                 &[block],
-                &Metadata::new(),
-                &WriteCondition::IfNoneMatch,
             )
             .await
             .unwrap_err();
@@ -449,10 +431,7 @@ mod tests {
         assert_eq!(&got[..], &DATA[..7]);
         let err = store.read("b", Some(2..12), &meta.etag).await.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
-        let mut stream = store
-            .read_stream("b", Some(2..12), &meta.etag)
-            .await
-            .unwrap();
+        let mut stream = store.read_stream("b", 2..12, &meta.etag).await.unwrap();
         assert_eq!(&stream.try_next().await.unwrap().unwrap()[..], &DATA[2..6]);
         let err = stream.try_next().await.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
@@ -460,7 +439,7 @@ mod tests {
         // A cut after the whole body is no cut.
         store.damage_reads(1, Damage::CutAfter(100));
         let whole: Vec<Bytes> = store
-            .read_stream("b", None, &meta.etag)
+            .read_stream("b", 0..DATA.len() as u64, &meta.etag)
             .await
             .unwrap()
             .try_collect()

@@ -4,8 +4,7 @@
 //! a block list), staged blocks invisible until a commit that names them.
 
 use super::{
-    BlobMeta, BlobStore, BlockId, DirListing, Metadata, Result, StagedBlock, StorageError,
-    WriteCondition,
+    BlobMeta, BlobStore, BlobWrite, BlockId, DirListing, Result, StagedBlock, StorageError,
 };
 use crate::digest;
 use async_trait::async_trait;
@@ -67,11 +66,10 @@ impl MemoryStore {
     /// under one lock, as the service does atomically.
     fn write(
         &self,
-        name: &str,
-        metadata: &Metadata,
-        condition: &WriteCondition,
+        write: &BlobWrite,
         content: impl FnOnce(&State) -> Result<Content>,
     ) -> Result<BlobMeta> {
+        let (name, metadata, condition) = (write.name.as_str(), &write.metadata, &write.condition);
         let mut state = self.state();
         let current = state.blobs.get(name).map(|b| b.meta.etag.as_str());
         condition.check(name, current)?;
@@ -151,14 +149,8 @@ impl BlobStore for MemoryStore {
         Ok(data.slice(range.start as usize..range.end as usize))
     }
 
-    async fn put_if(
-        &self,
-        name: &str,
-        data: Bytes,
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta> {
-        self.write(name, metadata, condition, |_| {
+    async fn put_if(&self, write: &BlobWrite, data: Bytes) -> Result<BlobMeta> {
+        self.write(write, |_| {
             Ok(Content {
                 md5: Some(digest::md5(&data)),
                 data,
@@ -177,14 +169,9 @@ impl BlobStore for MemoryStore {
         Ok(StagedBlock { id, size })
     }
 
-    async fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[StagedBlock],
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta> {
-        self.write(name, metadata, condition, |state| {
+    async fn put_block_list(&self, write: &BlobWrite, blocks: &[StagedBlock]) -> Result<BlobMeta> {
+        let name = write.name.as_str();
+        self.write(write, |state| {
             let staged = state.staged.get(name);
             let committed = state.blobs.get(name).map(|b| &b.committed);
             let mut blocks_by_id = HashMap::new();

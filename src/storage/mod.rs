@@ -31,6 +31,34 @@ pub use retry::{jittered, RetryPolicy, Retryable};
 /// User metadata of a blob (`x-ms-meta-*`), keys as stored.
 pub type Metadata = BTreeMap<String, String>;
 
+/// A body arriving in pieces.
+pub type ByteStream = BoxStream<'static, Result<Bytes>>;
+
+/// What a write makes and when it may: the blob, the user metadata committed with its
+/// content (in the same request, so the digest is never missing from a visible blob),
+/// and the condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobWrite {
+    pub name: String,
+    pub metadata: Metadata,
+    pub condition: WriteCondition,
+}
+
+impl BlobWrite {
+    pub fn new(name: &str, metadata: &Metadata, condition: WriteCondition) -> Self {
+        Self {
+            name: name.to_string(),
+            metadata: metadata.clone(),
+            condition,
+        }
+    }
+
+    /// Creates or replaces, whatever is there.
+    pub fn overwrite(name: &str, metadata: &Metadata) -> Self {
+        Self::new(name, metadata, WriteCondition::Overwrite)
+    }
+}
+
 /// What the service knows about one blob, from a listing or a HEAD.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobMeta {
@@ -245,39 +273,28 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
     /// otherwise. `None` reads the whole blob (the only way to read an empty one).
     async fn read(&self, name: &str, range: Option<Range<u64>>, etag: &str) -> Result<Bytes>;
 
-    /// Like [`BlobStore::read`], but the body arrives in pieces as the service sends it,
-    /// so a large range never sits whole in memory. The default reads it whole.
-    async fn read_stream(
-        &self,
-        name: &str,
-        range: Option<Range<u64>>,
-        etag: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let data = self.read(name, range, etag).await?;
+    /// Like [`BlobStore::read`] of a range, but the body arrives in pieces as the service
+    /// sends it, so a large range never sits whole in memory. The default reads it whole.
+    async fn read_stream(&self, name: &str, range: Range<u64>, etag: &str) -> Result<ByteStream> {
+        let data = self.read(name, Some(range), etag).await?;
         Ok(futures::stream::once(async move { Ok(data) }).boxed())
     }
 
     /// Creates or replaces a blob with `data` and user `metadata` (unconditionally).
     async fn put(&self, name: &str, data: Bytes, metadata: &Metadata) -> Result<BlobMeta> {
-        self.put_if(name, data, metadata, &WriteCondition::Overwrite)
+        self.put_if(&BlobWrite::overwrite(name, metadata), data)
             .await
     }
 
-    /// Writes a whole blob in one request (Put Blob) if `condition` holds, with user
-    /// `metadata`, and returns the new version as the service reported it (its ETag and
-    /// Last-Modified, the Content-MD5 of `data`), with the size and metadata sent.
+    /// Writes a whole blob in one request (Put Blob) if `write.condition` holds, with
+    /// `write.metadata`, and returns the new version as the service reported it (its ETag
+    /// and Last-Modified, the Content-MD5 of `data`), with the size and metadata sent.
     ///
     /// A conditional write retried after a lost answer may meet its own first attempt:
     /// stores then report success only when the blob holds exactly what was sent (same
     /// size and metadata, carrying a digest or a matching Content-MD5), else the
     /// condition's error.
-    async fn put_if(
-        &self,
-        name: &str,
-        data: Bytes,
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta>;
+    async fn put_if(&self, write: &BlobWrite, data: Bytes) -> Result<BlobMeta>;
 
     /// Stages one block of a future blob (Put Block). Staged blocks are invisible until a
     /// [`BlobStore::put_block_list`] commits them; within one blob, ids must be of equal
@@ -285,36 +302,24 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug + 'static {
     async fn put_block(&self, name: &str, id: BlockId, data: Bytes) -> Result<StagedBlock>;
 
     /// Commits the blob as the concatenation of `blocks` (Put Block List, each id looked
-    /// up among the staged blocks, then the committed ones), with user `metadata`, if
-    /// `condition` holds. An id that is neither fails with 400 `InvalidBlockList` and
+    /// up among the staged blocks, then the committed ones), with `write.metadata`, if
+    /// `write.condition` holds. An id that is neither fails with 400 `InvalidBlockList` and
     /// changes nothing. A commit discards the blob's other staged blocks. The returned
     /// version's size is the sum of the blocks' sizes; it has no Content-MD5: the service
     /// records none for a block list.
-    async fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[StagedBlock],
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta>;
+    async fn put_block_list(&self, write: &BlobWrite, blocks: &[StagedBlock]) -> Result<BlobMeta>;
 
     /// Uploads a local file unconditionally (see [`BlobStore::put_file_if`]).
     async fn put_file(&self, name: &str, path: &Path, metadata: &Metadata) -> Result<BlobMeta> {
-        self.put_file_if(name, path, metadata, &WriteCondition::Overwrite)
+        self.put_file_if(&BlobWrite::overwrite(name, metadata), path)
             .await
     }
 
-    /// Uploads a local file if `condition` holds: one [`BlobStore::put_if`] up to
+    /// Uploads a local file if `write.condition` holds: one [`BlobStore::put_if`] up to
     /// [`UPLOAD_PART_SIZE`], else blocks of that size, a few in flight, committed with the
     /// condition, so memory stays bounded whatever the file's size.
-    async fn put_file_if(
-        &self,
-        name: &str,
-        path: &Path,
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta> {
-        blocks::put_file(self, name, path, metadata, condition, UPLOAD_PART_SIZE).await
+    async fn put_file_if(&self, write: &BlobWrite, path: &Path) -> Result<BlobMeta> {
+        blocks::put_file(self, write, path, UPLOAD_PART_SIZE).await
     }
 }
 

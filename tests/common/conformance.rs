@@ -3,7 +3,7 @@
 
 use adlsfs::digest::{self, XXH3_METADATA_KEY};
 use adlsfs::storage::{
-    BlobMeta, BlobStore, BlockId, Metadata, StagedBlock, StorageError, WriteCondition,
+    BlobMeta, BlobStore, BlobWrite, BlockId, Metadata, StagedBlock, StorageError, WriteCondition,
 };
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -37,10 +37,12 @@ async fn if_none_match_creates_only(store: &dyn BlobStore) {
     let name = "w/created";
     let created = store
         .put_if(
-            name,
+            &BlobWrite::new(
+                name,
+                &meta_with_digest(b"first"),
+                WriteCondition::IfNoneMatch,
+            ),
             Bytes::from_static(b"first"),
-            &meta_with_digest(b"first"),
-            &WriteCondition::IfNoneMatch,
         )
         .await
         .unwrap();
@@ -50,10 +52,8 @@ async fn if_none_match_creates_only(store: &dyn BlobStore) {
     assert_is_current(store, &created).await;
     let err = store
         .put_if(
-            name,
+            &BlobWrite::new(name, &Metadata::new(), WriteCondition::IfNoneMatch),
             Bytes::from_static(b"second"),
-            &Metadata::new(),
-            &WriteCondition::IfNoneMatch,
         )
         .await
         .unwrap_err();
@@ -72,10 +72,8 @@ async fn if_match_replaces_only_that_version(store: &dyn BlobStore) {
     let meta = Metadata::from([("who".to_string(), "second".to_string())]);
     let second = store
         .put_if(
-            name,
+            &BlobWrite::new(name, &meta, WriteCondition::IfMatch(first.etag.clone())),
             Bytes::from_static(b"two!"),
-            &meta,
-            &WriteCondition::IfMatch(first.etag.clone()),
         )
         .await
         .unwrap();
@@ -84,7 +82,10 @@ async fn if_match_replaces_only_that_version(store: &dyn BlobStore) {
     assert_is_current(store, &second).await;
     let stale = WriteCondition::IfMatch(first.etag.clone());
     let err = store
-        .put_if(name, Bytes::from_static(b"three"), &meta, &stale)
+        .put_if(
+            &BlobWrite::new(name, &meta, stale.clone()),
+            Bytes::from_static(b"three"),
+        )
         .await
         .unwrap_err();
     match &err {
@@ -95,7 +96,10 @@ async fn if_match_replaces_only_that_version(store: &dyn BlobStore) {
     assert_content(store, name, b"two!").await;
     // If-Match on a blob that does not exist is a changed blob too: nothing is created.
     let err = store
-        .put_if("w/never", Bytes::from_static(b"x"), &meta, &stale)
+        .put_if(
+            &BlobWrite::new("w/never", &meta, stale.clone()),
+            Bytes::from_static(b"x"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::Changed { .. }), "{err:?}");
@@ -139,7 +143,10 @@ async fn block_upload_commits_the_concatenation_with_metadata(store: &dyn BlobSt
     assert!(store.list_dir("blocks/").await.unwrap().files.is_empty());
     let meta = meta_with_digest(&whole);
     let committed = store
-        .put_block_list(name, &blocks, &meta, &WriteCondition::IfNoneMatch)
+        .put_block_list(
+            &BlobWrite::new(name, &meta, WriteCondition::IfNoneMatch),
+            &blocks,
+        )
         .await
         .unwrap();
     assert_eq!(committed.size, whole.len() as u64);
@@ -155,7 +162,10 @@ async fn block_upload_commits_the_concatenation_with_metadata(store: &dyn BlobSt
     assert_eq!(listed.files, std::slice::from_ref(&committed));
     // Committing the same list again (as a retry would) finds the committed blocks.
     let again = store
-        .put_block_list(name, &blocks, &meta, &WriteCondition::Overwrite)
+        .put_block_list(
+            &BlobWrite::new(name, &meta, WriteCondition::Overwrite),
+            &blocks,
+        )
         .await
         .unwrap();
     assert_ne!(again.etag, committed.etag);
@@ -174,17 +184,18 @@ async fn block_commit_conditions_and_unknown_ids(store: &dyn BlobStore) {
     assert_is_current(store, &old).await;
     let err = store
         .put_block_list(
-            name,
+            &BlobWrite::new(name, &Metadata::new(), WriteCondition::IfNoneMatch),
             &blocks,
-            &Metadata::new(),
-            &WriteCondition::IfNoneMatch,
         )
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
     let stale = WriteCondition::IfMatch("\"0x8DEADBEEF000000\"".into());
     let err = store
-        .put_block_list(name, &blocks, &Metadata::new(), &stale)
+        .put_block_list(
+            &BlobWrite::new(name, &Metadata::new(), stale.clone()),
+            &blocks,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::Changed { .. }), "{err:?}");
@@ -193,10 +204,12 @@ async fn block_commit_conditions_and_unknown_ids(store: &dyn BlobStore) {
     // A failed commit keeps the staged blocks: the right condition then commits them.
     let new = store
         .put_block_list(
-            name,
+            &BlobWrite::new(
+                name,
+                &Metadata::new(),
+                WriteCondition::IfMatch(old.etag.clone()),
+            ),
             &blocks,
-            &Metadata::new(),
-            &WriteCondition::IfMatch(old.etag.clone()),
         )
         .await
         .unwrap();
@@ -209,10 +222,8 @@ async fn block_commit_conditions_and_unknown_ids(store: &dyn BlobStore) {
     };
     let err = store
         .put_block_list(
-            name,
+            &BlobWrite::new(name, &Metadata::new(), WriteCondition::Overwrite),
             &[unknown],
-            &Metadata::new(),
-            &WriteCondition::Overwrite,
         )
         .await
         .unwrap_err();
@@ -227,19 +238,23 @@ async fn block_commit_conditions_and_unknown_ids(store: &dyn BlobStore) {
     let staged = stage(store, "blocks/discard", &[b"a".to_vec(), b"b".to_vec()]).await;
     store
         .put_block_list(
-            "blocks/discard",
+            &BlobWrite::new(
+                "blocks/discard",
+                &Metadata::new(),
+                WriteCondition::Overwrite,
+            ),
             &staged[..1],
-            &Metadata::new(),
-            &WriteCondition::Overwrite,
         )
         .await
         .unwrap();
     let err = store
         .put_block_list(
-            "blocks/discard",
+            &BlobWrite::new(
+                "blocks/discard",
+                &Metadata::new(),
+                WriteCondition::Overwrite,
+            ),
             &staged[1..],
-            &Metadata::new(),
-            &WriteCondition::Overwrite,
         )
         .await
         .unwrap_err();
@@ -253,7 +268,10 @@ async fn block_commit_conditions_and_unknown_ids(store: &dyn BlobStore) {
 async fn empty_block_list_commits_an_empty_blob(store: &dyn BlobStore) {
     let meta = meta_with_digest(b"");
     let empty = store
-        .put_block_list("blocks/empty", &[], &meta, &WriteCondition::IfNoneMatch)
+        .put_block_list(
+            &BlobWrite::new("blocks/empty", &meta, WriteCondition::IfNoneMatch),
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(empty.size, 0);

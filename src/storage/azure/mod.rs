@@ -9,13 +9,13 @@ mod shared_key;
 
 use super::credentials::{Access, Credential};
 use super::{
-    BlobMeta, BlobStore, BlockId, DirListing, Metadata, ReadAccess, ReadUrlSigner, Result,
-    RetryPolicy, StagedBlock, StorageError, WriteCondition,
+    BlobMeta, BlobStore, BlobWrite, BlockId, ByteStream, DirListing, ReadAccess, ReadUrlSigner,
+    Result, RetryPolicy, StagedBlock, StorageError,
 };
 use crate::location::Location;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::StreamExt;
 use object_store::azure::{MicrosoftAzure, MicrosoftAzureBuilder};
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, RetryConfig};
@@ -318,13 +318,8 @@ impl BlobStore for AzureStore {
         Ok(bytes)
     }
 
-    async fn read_stream(
-        &self,
-        name: &str,
-        range: Option<Range<u64>>,
-        etag: &str,
-    ) -> Result<BoxStream<'static, Result<Bytes>>> {
-        let result = self.get(name, range, etag).await?;
+    async fn read_stream(&self, name: &str, range: Range<u64>, etag: &str) -> Result<ByteStream> {
+        let result = self.get(name, Some(range), etag).await?;
         let (name, endpoint) = (name.to_string(), self.rest.endpoint.to_string());
         Ok(result
             .into_stream()
@@ -339,30 +334,16 @@ impl BlobStore for AzureStore {
             .boxed())
     }
 
-    async fn put_if(
-        &self,
-        name: &str,
-        data: Bytes,
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta> {
-        self.rest.put_blob(name, data, metadata, condition).await
+    async fn put_if(&self, write: &BlobWrite, data: Bytes) -> Result<BlobMeta> {
+        self.rest.put_blob(write, data).await
     }
 
     async fn put_block(&self, name: &str, id: BlockId, data: Bytes) -> Result<StagedBlock> {
         self.rest.put_block(name, id, data).await
     }
 
-    async fn put_block_list(
-        &self,
-        name: &str,
-        blocks: &[StagedBlock],
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta> {
-        self.rest
-            .put_block_list(name, blocks, metadata, condition)
-            .await
+    async fn put_block_list(&self, write: &BlobWrite, blocks: &[StagedBlock]) -> Result<BlobMeta> {
+        self.rest.put_block_list(write, blocks).await
     }
 }
 

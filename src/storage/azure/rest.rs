@@ -16,8 +16,8 @@ use super::list_xml::{self, parse_http_date, quoted_etag};
 use super::shared_key;
 use crate::digest::{self, Md5Digest, XXH3_METADATA_KEY};
 use crate::storage::{
-    BlobMeta, BlockId, DirListing, Metadata, Result, RetryPolicy, StagedBlock, StorageError,
-    WriteCondition,
+    BlobMeta, BlobWrite, BlockId, DirListing, Metadata, Result, RetryPolicy, StagedBlock,
+    StorageError, WriteCondition,
 };
 use bytes::Bytes;
 use object_store::azure::{AzureCredential, AzureCredentialProvider};
@@ -135,24 +135,17 @@ impl RestClient {
 
     /// Put Blob: one request, any blob name (odd ones included), user metadata as
     /// `x-ms-meta-*`, `Content-MD5` sent so the service checks the body and records it.
-    pub async fn put_blob(
-        &self,
-        name: &str,
-        data: Bytes,
-        metadata: &Metadata,
-        condition: &WriteCondition,
-    ) -> Result<BlobMeta> {
+    pub async fn put_blob(&self, write: &BlobWrite, data: Bytes) -> Result<BlobMeta> {
         let md5 = digest::md5(&data);
-        let mut headers = write_headers(name, metadata, condition)?;
+        let mut headers = HeaderMap::new();
         headers.insert("x-ms-blob-type", HeaderValue::from_static("BlockBlob"));
         headers.insert("content-md5", header_value(&md5.to_base64())?);
         let version = NewVersion {
-            name,
+            write,
             size: data.len() as u64,
-            metadata,
             content_md5: Some(md5),
         };
-        self.write(version, self.blob_url(name)?, headers, data, condition)
+        self.commit(version, self.blob_url(&write.name)?, headers, data)
             .await
     }
 
@@ -173,12 +166,10 @@ impl RestClient {
     /// id) with the metadata and the condition in the same request.
     pub async fn put_block_list(
         &self,
-        name: &str,
+        write: &BlobWrite,
         blocks: &[StagedBlock],
-        metadata: &Metadata,
-        condition: &WriteCondition,
     ) -> Result<BlobMeta> {
-        let mut url = self.blob_url(name)?;
+        let mut url = self.blob_url(&write.name)?;
         url.query_pairs_mut().append_pair("comp", "blocklist");
         let mut body = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>");
         for block in blocks {
@@ -187,16 +178,14 @@ impl RestClient {
             body.push_str("</Latest>");
         }
         body.push_str("</BlockList>");
-        let mut headers = write_headers(name, metadata, condition)?;
+        let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/xml"));
         let version = NewVersion {
-            name,
+            write,
             size: blocks.iter().map(|b| b.size).sum(),
-            metadata,
             content_md5: None,
         };
-        self.write(version, url, headers, Bytes::from(body), condition)
-            .await
+        self.commit(version, url, headers, Bytes::from(body)).await
     }
 
     /// Creates the container; `Ok(false)` when it already exists.
@@ -210,18 +199,19 @@ impl RestClient {
         }
     }
 
-    /// Sends one write and returns the version it made, from the answer's ETag and
-    /// Last-Modified; a failed condition becomes the condition's error, unless this was a
-    /// retry and the blob turns out to hold what was sent (see the module docs).
-    async fn write(
+    /// Sends one write (with `headers`, plus the write's condition and metadata) and
+    /// returns the version it made, from the answer's ETag and Last-Modified; a failed
+    /// condition becomes the condition's error, unless this was a retry and the blob turns
+    /// out to hold what was sent (see the module docs).
+    async fn commit(
         &self,
         version: NewVersion<'_>,
         url: Url,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
-        condition: &WriteCondition,
     ) -> Result<BlobMeta> {
-        let name = version.name;
+        let (name, condition) = (version.write.name.as_str(), &version.write.condition);
+        headers.extend(write_headers(version.write)?);
         let (sent, attempts) = self
             .send_with(Method::PUT, url, name, headers, Some(body))
             .await;
@@ -230,7 +220,7 @@ impl RestClient {
             Err(e) if is_condition_failure(&e, condition) => {
                 if attempts > 1 {
                     match self.head(name).await {
-                        Ok(head) if version.landed_as(&head, condition) => {
+                        Ok(head) if version.landed_as(&head) => {
                             tracing::info!(
                                 blob = name,
                                 attempts,
@@ -414,9 +404,10 @@ fn is_condition_failure(err: &StorageError, condition: &WriteCondition) -> bool 
 }
 
 /// The request headers every write carries: its condition and the user metadata.
-fn write_headers(name: &str, metadata: &Metadata, condition: &WriteCondition) -> Result<HeaderMap> {
+fn write_headers(write: &BlobWrite) -> Result<HeaderMap> {
+    let name = &write.name;
     let mut headers = HeaderMap::new();
-    match condition {
+    match &write.condition {
         WriteCondition::Overwrite => {}
         WriteCondition::IfNoneMatch => {
             headers.insert("if-none-match", HeaderValue::from_static("*"));
@@ -429,7 +420,7 @@ fn write_headers(name: &str, metadata: &Metadata, condition: &WriteCondition) ->
             headers.insert("if-match", value);
         }
     }
-    for (k, v) in metadata {
+    for (k, v) in &write.metadata {
         let header =
             reqwest::header::HeaderName::from_bytes(format!("{META_PREFIX}{k}").as_bytes())
                 .map_err(|_| StorageError::Client {
@@ -447,9 +438,8 @@ fn write_headers(name: &str, metadata: &Metadata, condition: &WriteCondition) ->
 
 /// What a write is about to make, known before the service answers.
 struct NewVersion<'a> {
-    name: &'a str,
+    write: &'a BlobWrite,
     size: u64,
-    metadata: &'a Metadata,
     /// Of the whole blob, for a Put Blob; a block list has none.
     content_md5: Option<Md5Digest>,
 }
@@ -461,29 +451,30 @@ impl NewVersion<'_> {
     fn completed_by(self, headers: &HeaderMap) -> Result<BlobMeta> {
         let (etag, last_modified) =
             version_from_headers(headers).map_err(|message| StorageError::Client {
-                what: self.name.to_string(),
+                what: self.write.name.clone(),
                 message,
             })?;
         Ok(BlobMeta {
-            name: self.name.to_string(),
+            name: self.write.name.clone(),
             size: self.size,
             last_modified,
             etag,
             content_md5: self.content_md5,
-            metadata: self.metadata.clone(),
+            metadata: self.write.metadata.clone(),
         })
     }
 
     /// Whether `head` is this write, landed by an earlier attempt: same size and
     /// metadata, and a digest that identifies the content.
-    fn landed_as(&self, head: &BlobMeta, condition: &WriteCondition) -> bool {
-        let identified = self.metadata.contains_key(XXH3_METADATA_KEY)
+    fn landed_as(&self, head: &BlobMeta) -> bool {
+        let metadata = &self.write.metadata;
+        let identified = metadata.contains_key(XXH3_METADATA_KEY)
             || (self.content_md5.is_some() && head.content_md5 == self.content_md5);
-        let new_version = match condition {
+        let new_version = match &self.write.condition {
             WriteCondition::IfMatch(etag) => head.etag != *etag,
             _ => true,
         };
-        identified && new_version && head.size == self.size && head.metadata == *self.metadata
+        identified && new_version && head.size == self.size && head.metadata == *metadata
     }
 }
 
