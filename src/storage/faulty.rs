@@ -149,6 +149,11 @@ impl FaultyStore {
             .push_back((fault, times));
     }
 
+    /// Calls of `op` stop failing: the faults still set for it are dropped.
+    pub fn heal(&self, op: Op) {
+        self.rules().failures.remove(&op);
+    }
+
     /// Every later call of `op` waits `delay` first (`Duration::ZERO` to stop).
     pub fn delay(&self, op: Op, delay: Duration) {
         self.rules().delays.insert(op, delay);
@@ -359,9 +364,13 @@ mod tests {
             "{err:?}"
         );
         store.head("b").await.unwrap();
+        store.fail(Op::Head, ALWAYS, Fault::Transient);
+        store.head("b").await.unwrap_err();
+        store.heal(Op::Head);
+        store.head("b").await.unwrap();
         // Other operations were never touched.
         assert_eq!(store.list_dir("").await.unwrap().files.len(), 1);
-        assert_eq!((store.calls(Op::Head), store.calls(Op::List)), (4, 1));
+        assert_eq!((store.calls(Op::Head), store.calls(Op::List)), (6, 1));
         assert_eq!(store.calls(Op::Read), 0);
     }
 
