@@ -145,9 +145,10 @@ impl Materialiser {
         result
     }
 
-    /// Reserves space, then fetches, verifies and publishes, evicting and trying once more
-    /// if the disk filled up meanwhile.
+    /// Refuses what could never verify, reserves space, then fetches, verifies and
+    /// publishes, evicting and trying once more if the disk filled up meanwhile.
     async fn reserve_and_fetch(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+        verify::check_verifiable(meta, self.policy)?;
         let reservation = self.cache.reserve(&meta.name, meta.size).await?;
         self.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
         let mut result = self.fetch_verify_publish(key, meta).await;
