@@ -10,6 +10,7 @@ mod common;
 use adlsfs::cache::CachedFile;
 use adlsfs::digest::xxh3_128;
 use adlsfs::error::{Classify, ErrorKind};
+use adlsfs::materialise::MaterialiseError;
 use adlsfs::storage::faulty::{Damage, Fault, Op, ALWAYS};
 use adlsfs::storage::BlobMeta;
 use common::pattern;
@@ -40,6 +41,23 @@ async fn rig_with_blob(rig: Rig) -> (Rig, BlobMeta, Vec<u8>) {
     let data = pattern(SIZE as usize, 1);
     let meta = rig.put("dir/f.bin", &data).await;
     (rig, meta, data)
+}
+
+/// What a request refused before its first GET adds to the counts.
+fn failed_before_any_get(kind: ErrorKind) -> Counts {
+    Counts {
+        misses: 1,
+        failures: vec![(kind, 1)],
+        ..Counts::default()
+    }
+}
+
+/// A request for `meta` fails with `kind` and leaves nothing: no temporary, no entry.
+async fn fails_leaving_nothing(rig: &Rig, meta: &BlobMeta, kind: ErrorKind) -> MaterialiseError {
+    let err = rig.pipeline.ensure(&rig.key(meta), meta).await.unwrap_err();
+    assert_eq!(err.kind(), kind, "{err}");
+    rig.assert_left_nothing();
+    err
 }
 
 /// The next request for `meta` downloads it afresh, whole, once, into one entry.
@@ -131,21 +149,13 @@ async fn a_corrupt_read_fails_verification_leaves_nothing_and_the_next_request_s
     // Every GET of the first download; only the one covering the byte is changed.
     rig.store
         .damage_reads(RANGES as usize, Damage::FlipByte(SIZE / 2));
-    let err = rig
-        .pipeline
-        .ensure(&rig.key(&meta), &meta)
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    let err = fails_leaving_nothing(&rig, &meta, ErrorKind::Corrupt).await;
     assert!(err.to_string().contains("xxh3_128 mismatch"), "{err}");
-    rig.assert_left_nothing();
     let failed = Counts {
         reads: RANGES,
         bytes_read: SIZE,
-        misses: 1,
-        failures: vec![(ErrorKind::Corrupt, 1)],
         verification_failures: 1,
-        ..Counts::default()
+        ..failed_before_any_get(ErrorKind::Corrupt)
     };
     assert_eq!(rig.counts(), failed);
     next_request_succeeds(&rig, &meta, &data, failed).await;
@@ -156,18 +166,10 @@ async fn a_corrupt_read_fails_verification_leaves_nothing_and_the_next_request_s
 async fn a_refused_read(fault: Fault, kind: ErrorKind) {
     let (rig, meta, data) = rig_with_blob(Rig::builder().parallelism(1).build()).await;
     rig.store.fail(Op::Read, 1, fault);
-    let err = rig
-        .pipeline
-        .ensure(&rig.key(&meta), &meta)
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), kind, "{err}");
-    rig.assert_left_nothing();
+    fails_leaving_nothing(&rig, &meta, kind).await;
     let failed = Counts {
         reads: 1,
-        misses: 1,
-        failures: vec![(kind, 1)],
-        ..Counts::default()
+        ..failed_before_any_get(kind)
     };
     assert_eq!(rig.counts(), failed, "not retried, nothing else fetched");
     next_request_succeeds(&rig, &meta, &data, failed).await;
@@ -195,22 +197,14 @@ async fn a_transient_fault_outlasting_the_retry_budget_fails_as_transient() {
     let (rig, meta, data) = rig_with_blob(rig).await;
     rig.store.fail(Op::Read, ALWAYS, Fault::Transient);
     let started = Instant::now();
-    let err = rig
-        .pipeline
-        .ensure(&rig.key(&meta), &meta)
-        .await
-        .unwrap_err();
+    fails_leaving_nothing(&rig, &meta, ErrorKind::Transient).await;
     let elapsed = started.elapsed();
-    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
     assert!(elapsed < budget * 10, "gave up after {elapsed:?}");
-    rig.assert_left_nothing();
     let attempts = rig.counts().reads;
     assert!(attempts > 1, "the first range was retried: {attempts} GETs");
     let failed = Counts {
         reads: attempts,
-        misses: 1,
-        failures: vec![(ErrorKind::Transient, 1)],
-        ..Counts::default()
+        ..failed_before_any_get(ErrorKind::Transient)
     };
     assert_eq!(rig.counts(), failed);
     rig.store.heal(Op::Read);
@@ -268,20 +262,11 @@ async fn a_blob_with_no_digest_is_length_checked_or_refused_before_any_download(
 
     let strict = Rig::builder().require_digest().build();
     let meta = strict.put_bare("bare", &data).await;
-    let err = strict
-        .pipeline
-        .ensure(&strict.key(&meta), &meta)
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unverifiable, "{err}");
-    strict.assert_left_nothing();
+    let err = fails_leaving_nothing(&strict, &meta, ErrorKind::Unverifiable).await;
+    assert!(err.to_string().contains("--require-digest"), "{err}");
     assert_eq!(
         strict.counts(),
-        Counts {
-            misses: 1,
-            failures: vec![(ErrorKind::Unverifiable, 1)],
-            ..Counts::default()
-        },
+        failed_before_any_get(ErrorKind::Unverifiable),
         "refused from its metadata: nothing downloaded"
     );
 }
@@ -347,21 +332,12 @@ async fn a_cache_hit_counts_a_hit_and_reads_nothing_from_the_store() {
 async fn a_file_larger_than_the_cache_bound_is_no_space_and_fetches_nothing() {
     let rig = Rig::builder().max_bytes(SIZE - 1).build();
     let (rig, meta, _) = rig_with_blob(rig).await;
-    let err = rig
-        .pipeline
-        .ensure(&rig.key(&meta), &meta)
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NoSpace, "{err}");
-    rig.assert_left_nothing();
-    assert_eq!(
-        rig.counts(),
-        Counts {
-            misses: 1,
-            failures: vec![(ErrorKind::NoSpace, 1)],
-            ..Counts::default()
-        }
+    let err = fails_leaving_nothing(&rig, &meta, ErrorKind::NoSpace).await;
+    assert!(
+        err.to_string().contains("larger than the whole cache"),
+        "{err}"
     );
+    assert_eq!(rig.counts(), failed_before_any_get(ErrorKind::NoSpace));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
