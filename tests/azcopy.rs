@@ -125,7 +125,7 @@ fn real_azcopy_materialises_a_verified_file_and_leaves_nothing_behind() {
     let meta = fx.put("dir/odd name+%#.bin", &data);
     fx.block_on(async {
         let cache_dir = fx.cache();
-        let azcopy = fetcher(&store, azcopy_binary(), &cache_dir, Duration::from_secs(60));
+        let azcopy = fetcher(store, azcopy_binary(), &cache_dir, Duration::from_secs(60));
         let metrics = Arc::new(Metrics::default());
         let pipeline = fx.pipeline(azcopy, &metrics);
 
@@ -155,13 +155,13 @@ fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_it() {
     let meta = fx.put("big.bin", &pattern(8 << 20, 1));
     fx.block_on(async {
         let cache_dir = fx.cache();
-        std::fs::create_dir_all(&cache_dir.join("locks")).unwrap();
+        std::fs::create_dir_all(cache_dir.join("locks")).unwrap();
         let native = Arc::new(NativeFetcher::new(store.clone(), NativeConfig::default()));
-        let azcopy = fetcher(&store, azcopy_binary(), &cache_dir, Duration::from_secs(60));
+        let azcopy = fetcher(store, azcopy_binary(), &cache_dir, Duration::from_secs(60));
         let dest = &cache_dir.join("dest");
 
         // Another process's azcopy job holds the node lock.
-        let lock = std::fs::File::create(&cache_dir.join("locks/azcopy.lock")).unwrap();
+        let lock = std::fs::File::create(cache_dir.join("locks/azcopy.lock")).unwrap();
         lock.lock_exclusive().unwrap();
 
         let auto = SelectingFetcher::new(
@@ -170,10 +170,10 @@ fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_it() {
             Some(azcopy.clone()),
             Some(1 << 20),
         );
-        std::fs::write(&dest, b"").unwrap();
+        std::fs::write(dest, b"").unwrap();
         let start = Instant::now();
         assert_eq!(
-            fetch_into(&auto, &meta, &dest, &NoProgress)
+            fetch_into(&auto, &meta, dest, &NoProgress)
                 .await
                 .unwrap()
                 .fetcher,
@@ -190,7 +190,7 @@ fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_it() {
             Some(azcopy),
             Some(1 << 20),
         ));
-        std::fs::write(&dest, b"").unwrap();
+        std::fs::write(dest, b"").unwrap();
         let (m, d, f) = (meta.clone(), dest.clone(), forced.clone());
         let waiting =
             tokio::spawn(async move { fetch_into(f.as_ref(), &m, &d, &NoProgress).await });
@@ -201,7 +201,7 @@ fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_it() {
         );
         drop(lock);
         assert_eq!(waiting.await.unwrap().unwrap().fetcher, FetcherKind::Azcopy);
-        assert_eq!(std::fs::metadata(&dest).unwrap().len(), meta.size);
+        assert_eq!(std::fs::metadata(dest).unwrap().len(), meta.size);
     });
 }
 
@@ -228,7 +228,7 @@ fn a_failing_or_missing_azcopy_falls_back_to_native() {
         let missing = scripts.path().join("missing-azcopy");
         for (binary, meta) in [(failing.clone(), failing_meta), (missing, missing_meta)] {
             let azcopy = fetcher(
-                &store,
+                store,
                 binary.clone(),
                 &cache_dir,
                 Duration::from_secs(60),
@@ -276,109 +276,109 @@ fn a_failing_or_missing_azcopy_falls_back_to_native() {
     });
 }
 
+/// One run of a fake azcopy through the node lock, on a 1 MiB blob.
+struct FakeRun {
+    err: AzcopyError,
+    /// What the script wrote to the note file it was given.
+    note: String,
+    dest: PathBuf,
+    cache: PathBuf,
+    took: Duration,
+}
+
+/// Runs the fake azcopy `script(note)` (`note`: a file it may write) once, with `stall`
+/// as the stall timeout; it must fail.
+fn run_fake_azcopy(script: impl FnOnce(&Path) -> String, stall: Duration) -> FakeRun {
+    let fx = Fixture::start();
+    let meta = fx.put("f.bin", &pattern(1 << 20, 2));
+    let scripts = tempfile::tempdir().unwrap();
+    let note = scripts.path().join("note");
+    let fake = fake_azcopy(scripts.path(), &script(&note));
+    let cache = fx.cache();
+    let azcopy = fetcher(&fx.store, fake, &cache, stall);
+    let dest = cache.join("tmp-dest");
+    let start = Instant::now();
+    let err = fx
+        .block_on(azcopy.fetch_under_node_lock(&meta, &dest, AzcopyUse::Wait, &NoProgress))
+        .unwrap_err();
+    let took = start.elapsed();
+    let note = std::fs::read_to_string(&note).unwrap();
+    FakeRun {
+        err,
+        note,
+        dest,
+        cache,
+        took,
+    }
+}
+
 #[test]
 fn a_hung_azcopy_is_killed_after_the_stall_timeout() {
-    let fx = Fixture::start();
-    let store = &fx.store;
-    let meta = fx.put("f.bin", &pattern(1 << 20, 2));
-    fx.block_on(async {
-        let scripts = tempfile::tempdir().unwrap();
-        let pid_file = scripts.path().join("pid");
-        // Like azcopy retrying an unreachable endpoint: ignores SIGTERM, never progresses.
-        let hung = fake_azcopy(
-            scripts.path(),
-            &format!(
-                "trap '' TERM; echo $$ > {}; while true; do sleep 1; done",
-                pid_file.display()
-            ),
-        );
-        let cache_dir = fx.cache();
-        let azcopy = fetcher(&store, hung, &cache_dir, Duration::from_secs(1));
-        let start = Instant::now();
-        let err = azcopy
-            .fetch_under_node_lock(&meta, &cache_dir.join("x"), AzcopyUse::Wait, &NoProgress)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AzcopyError::Stalled(_)), "{err}");
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            start.elapsed()
-        );
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        assert_ne!(
-            unsafe { libc::kill(pid, 0) },
-            0,
-            "the hung azcopy must be gone"
-        );
-    });
+    // Like azcopy retrying an unreachable endpoint: ignores SIGTERM, never progresses.
+    let run = run_fake_azcopy(
+        |pid_file| {
+            let pid_file = pid_file.display();
+            format!("trap '' TERM; echo $$ > {pid_file}; while true; do sleep 1; done")
+        },
+        Duration::from_secs(1),
+    );
+    assert!(matches!(run.err, AzcopyError::Stalled(_)), "{}", run.err);
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+    let pid: i32 = run.note.trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_ne!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the hung azcopy must be gone"
+    );
 }
 
 #[test]
 fn invocation_environment_and_stdin_follow_the_design() {
-    let fx = Fixture::start();
-    let store = &fx.store;
-    let meta = fx.put("f.bin", &pattern(1 << 20, 2));
-    fx.block_on(async {
-        let scripts = tempfile::tempdir().unwrap();
-        let record = scripts.path().join("record");
-        let fake = fake_azcopy(
-            scripts.path(),
-            &format!(
+    let run = run_fake_azcopy(
+        |record| {
+            format!(
                 r#"{{ printf '%s\n' "$@"; env | grep '^AZCOPY_' | sort
                    if read -t 0.5 line; then echo stdin=data; elif [ $? -gt 128 ]; then echo stdin=open; else echo stdin=eof; fi
                 }} > {}; exit 3"#,
                 record.display()
-            ),
-        );
-        let cache_dir = fx.cache();
-        let azcopy = fetcher(&store, fake, &cache_dir, Duration::from_secs(30));
-        let dest = &cache_dir.join("tmp-dest");
-        azcopy
-            .fetch_under_node_lock(&meta, &dest, AzcopyUse::Wait, &NoProgress)
-            .await
-            .unwrap_err();
-        let seen = std::fs::read_to_string(&record).unwrap();
-        let lines: Vec<&str> = seen.lines().collect();
-        assert_eq!(lines[0], "copy");
-        assert!(
-            lines[1].contains("/f.bin?") && lines[1].contains("sp=r") && lines[1].contains("sig="),
-            "{seen}"
-        );
-        assert_eq!(lines[2], dest.to_str().unwrap());
-        for flag in [
-            "--from-to=BlobLocal",
-            "--check-md5=NoCheck",
-            "--output-type=json",
-        ] {
-            assert!(lines.contains(&flag), "{flag} missing: {seen}");
-        }
-        assert!(
-            seen.contains("AZCOPY_CONCURRENCY_VALUE=8\n") && seen.contains("AZCOPY_BUFFER_GB=0.5\n"),
-            "{seen}"
-        );
-        let logs = &cache_dir.join("azcopy/logs");
-        assert!(
-            seen.contains(&format!("AZCOPY_LOG_LOCATION={}\n", logs.display())),
-            "{seen}"
-        );
-        assert!(
-            seen.contains(&format!(
-                "AZCOPY_JOB_PLAN_LOCATION={}\n",
-                &cache_dir.join("azcopy/plans").display()
-            )),
-            "{seen}"
-        );
-        assert!(
-            seen.contains("stdin=open"),
-            "stdin must be a pipe held open: {seen}"
-        );
-    });
+            )
+        },
+        Duration::from_secs(30),
+    );
+    let seen = &run.note;
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines[0], "copy");
+    assert!(
+        lines[1].contains("/f.bin?") && lines[1].contains("sp=r") && lines[1].contains("sig="),
+        "{seen}"
+    );
+    assert_eq!(lines[2], run.dest.to_str().unwrap());
+    for flag in [
+        "--from-to=BlobLocal",
+        "--check-md5=NoCheck",
+        "--output-type=json",
+    ] {
+        assert!(lines.contains(&flag), "{flag} missing: {seen}");
+    }
+    assert!(
+        seen.contains("AZCOPY_CONCURRENCY_VALUE=8\n") && seen.contains("AZCOPY_BUFFER_GB=0.5\n"),
+        "{seen}"
+    );
+    let logs = run.cache.join("azcopy/logs");
+    assert!(
+        seen.contains(&format!("AZCOPY_LOG_LOCATION={}\n", logs.display())),
+        "{seen}"
+    );
+    let plans = run.cache.join("azcopy/plans");
+    assert!(
+        seen.contains(&format!("AZCOPY_JOB_PLAN_LOCATION={}\n", plans.display())),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("stdin=open"),
+        "stdin must be a pipe held open: {seen}"
+    );
 }
 
 #[test]

@@ -211,38 +211,34 @@ async fn a_transient_fault_outlasting_the_retry_budget_fails_as_transient() {
     next_request_succeeds(&rig, &meta, &data, failed).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn streams_cut_mid_range_resume_from_the_first_byte_not_written() {
+/// The first `times` GETs are damaged by `damage` mid-range; each such range is asked
+/// again for its rest only, so every byte is served once and the file is right.
+async fn resumes_after(times: usize, damage: Damage) {
     let (rig, meta, data) = rig_with_blob(Rig::builder().build()).await;
-    // Four GETs break after 1000 bytes of their range.
-    rig.store.damage_reads(4, Damage::CutAfter(1000));
+    rig.store.damage_reads(times, damage);
     let cached = rig.pipeline.ensure(&rig.key(&meta), &meta).await.unwrap();
     assert!(std::fs::read(&cached.path).unwrap() == data, "bytes differ");
     assert_eq!(
         rig.counts(),
         Counts {
-            reads: RANGES + 4,
+            reads: RANGES + times as u64,
             ..one_fetch()
         },
-        "each cut range asked again for its rest only: every byte served once"
+        "resumed, not restarted: bytes served == file size"
     );
     assert!(rig.temporaries().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_cut_mid_range_resume_from_the_first_byte_not_written() {
+    // Four GETs break (a transient error) after 1000 bytes of their range.
+    resumes_after(4, Damage::CutAfter(1000)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_body_ending_short_mid_range_resumes_like_a_cut_one() {
-    let (rig, meta, data) = rig_with_blob(Rig::builder().build()).await;
     // The body ends cleanly after 1000 bytes: the range is short, not broken.
-    rig.store.damage_reads(1, Damage::Truncate(1000));
-    let cached = rig.pipeline.ensure(&rig.key(&meta), &meta).await.unwrap();
-    assert!(std::fs::read(&cached.path).unwrap() == data, "bytes differ");
-    assert_eq!(
-        rig.counts(),
-        Counts {
-            reads: RANGES + 1,
-            ..one_fetch()
-        }
-    );
+    resumes_after(1, Damage::Truncate(1000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -370,7 +366,11 @@ async fn eviction_skips_an_entry_held_open_and_it_still_reads_whole() {
         (1, 1),
         "{evicted:?}"
     );
-    assert_eq!(rig.entries(), [a.cached.path.clone()], "b went, a stayed");
+    assert_eq!(
+        rig.entries(),
+        std::slice::from_ref(&a.cached.path),
+        "b went, a stayed"
+    );
     assert!(!b.path.exists());
     assert!(read_whole(&a.file) == a_data, "the held entry reads whole");
     let two = one_fetch();

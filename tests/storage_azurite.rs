@@ -42,8 +42,8 @@ fn listing_pages_through_more_than_5000_blobs_in_one_directory() {
             .try_collect::<Vec<_>>()
             .await
             .unwrap();
-        put(&store, "big/dir/nested/deep/leaf", b"y").await;
-        put(&store, "big/dir/other/leaf", b"z").await;
+        put(store, "big/dir/nested/deep/leaf", b"y").await;
+        put(store, "big/dir/other/leaf", b"z").await;
 
         let listing = store.list_dir("big/dir/").await.unwrap();
         let mut listed: Vec<_> = listing.files.iter().map(|f| f.name.clone()).collect();
@@ -73,7 +73,7 @@ fn names_with_spaces_unicode_and_url_special_characters() {
             "odd/dir with space/inner",
         ];
         for (i, name) in names.iter().enumerate() {
-            put(&store, name, format!("content {i}").as_bytes()).await;
+            put(store, name, format!("content {i}").as_bytes()).await;
         }
         let listing = store.list_dir("odd/").await.unwrap();
         let mut files: Vec<_> = listing.files.iter().map(|f| f.name.as_str()).collect();
@@ -102,9 +102,9 @@ fn a_blob_with_an_empty_segment_does_not_hide_its_directory() {
     let fx = Fixture::start();
     let store = fx.store.as_ref();
     fx.block_on(async {
-        put(&store, "dir/ok.txt", b"fine").await;
-        put(&store, "dir//x", b"odd").await;
-        put(&store, "dir/sub/y", b"y").await;
+        put(store, "dir/ok.txt", b"fine").await;
+        put(store, "dir//x", b"odd").await;
+        put(store, "dir/sub/y", b"y").await;
         let listing = store.list_dir("dir/").await.unwrap();
         let files: Vec<_> = listing.files.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(files, ["dir/ok.txt"]);
