@@ -4,8 +4,7 @@
 mod common;
 
 use adlsfs::cache::layout::EntryKey;
-use adlsfs::cache::Cache;
-use adlsfs::digest::{xxh3_128, XXH3_METADATA_KEY};
+use adlsfs::digest::xxh3_128;
 use adlsfs::fetch::azcopy::{AzcopyConfig, AzcopyError, AzcopyFetcher, AzcopyUse};
 use adlsfs::fetch::landed::Landed;
 use adlsfs::fetch::native::{NativeConfig, NativeFetcher};
@@ -14,14 +13,11 @@ use adlsfs::fetch::sizing::AzcopyEnv;
 use adlsfs::fetch::{
     FetchError, FetchJob, FetchReport, Fetcher, FetcherKind, NoProgress, ProgressSink,
 };
-use adlsfs::materialise::verify::VerifyPolicy;
-use adlsfs::materialise::Materialiser;
 use adlsfs::metrics::Metrics;
 use adlsfs::storage::azure::AzureStore;
-use adlsfs::storage::{BlobMeta, BlobStore, Metadata};
-use bytes::Bytes;
-use common::mount::Mount;
-use common::{pattern, Azurite};
+use adlsfs::storage::BlobMeta;
+use common::fixture::Fixture;
+use common::pattern;
 use fs2::FileExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -62,11 +58,6 @@ fn fetcher(
     ))
 }
 
-async fn put(store: &AzureStore, name: &str, data: Vec<u8>) -> BlobMeta {
-    let meta = Metadata::from([(XXH3_METADATA_KEY.to_string(), xxh3_128(&data).to_base64())]);
-    store.put(name, Bytes::from(data), &meta).await.unwrap()
-}
-
 fn key(meta: &BlobMeta) -> EntryKey {
     EntryKey {
         account: "devstoreaccount1".into(),
@@ -101,19 +92,6 @@ async fn fetch_into(
     report
 }
 
-/// The pipeline over `fetcher`, refusing blobs without a digest, counting into `metrics`.
-fn pipeline(cache_dir: &Path, fetcher: Arc<dyn Fetcher>, metrics: &Arc<Metrics>) -> Materialiser {
-    let cache = Arc::new(Cache::open(cache_dir).unwrap());
-    Materialiser::new(
-        cache,
-        fetcher,
-        VerifyPolicy {
-            require_digest: true,
-        },
-    )
-    .with_metrics(Arc::clone(metrics))
-}
-
 fn fetches(metrics: &Metrics, kind: FetcherKind) -> u64 {
     metrics
         .fetcher(kind)
@@ -139,207 +117,214 @@ fn fake_azcopy(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn real_azcopy_materialises_a_verified_file_and_leaves_nothing_behind() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let store = Arc::new(store);
+#[test]
+fn real_azcopy_materialises_a_verified_file_and_leaves_nothing_behind() {
+    let fx = Fixture::start();
+    let store = &fx.store;
     let data = pattern(24 << 20, 3);
-    let meta = put(&store, "dir/odd name+%#.bin", data.clone()).await;
-    let cache_dir = tempfile::tempdir().unwrap();
-    let azcopy = fetcher(
-        &store,
-        azcopy_binary(),
-        cache_dir.path(),
-        Duration::from_secs(60),
-    );
-    let metrics = Arc::new(Metrics::default());
-    let pipeline = pipeline(cache_dir.path(), azcopy, &metrics);
-
-    let cached = pipeline.ensure(&key(&meta), &meta).await.unwrap();
-    assert_eq!(fetches(&metrics, FetcherKind::Azcopy), 1);
-    assert!(std::fs::read(&cached.path).unwrap() == data);
-    assert_eq!(cached.xxh3, Some(xxh3_128(&data)));
-    assert!(
-        files_under(&cache_dir.path().join("tmp")).is_empty(),
-        "no .azDownload or temporaries"
-    );
-    assert!(
-        files_under(&cache_dir.path().join("azcopy/plans")).is_empty(),
-        "plan files removed"
-    );
-    assert!(
-        files_under(&cache_dir.path().join("azcopy/logs")).is_empty(),
-        "logs of a good job removed"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_it() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let store = Arc::new(store);
-    let meta = put(&store, "big.bin", pattern(8 << 20, 1)).await;
-    let cache_dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(cache_dir.path().join("locks")).unwrap();
-    let native = Arc::new(NativeFetcher::new(store.clone(), NativeConfig::default()));
-    let azcopy = fetcher(
-        &store,
-        azcopy_binary(),
-        cache_dir.path(),
-        Duration::from_secs(60),
-    );
-    let dest = cache_dir.path().join("dest");
-
-    // Another process's azcopy job holds the node lock.
-    let lock = std::fs::File::create(cache_dir.path().join("locks/azcopy.lock")).unwrap();
-    lock.lock_exclusive().unwrap();
-
-    let auto = SelectingFetcher::new(
-        FetcherMode::Auto,
-        native.clone(),
-        Some(azcopy.clone()),
-        Some(1 << 20),
-    );
-    std::fs::write(&dest, b"").unwrap();
-    let start = Instant::now();
-    assert_eq!(
-        fetch_into(&auto, &meta, &dest, &NoProgress)
-            .await
-            .unwrap()
-            .fetcher,
-        FetcherKind::Native
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "auto must not queue behind azcopy"
-    );
-
-    let forced = Arc::new(SelectingFetcher::new(
-        FetcherMode::Azcopy,
-        native,
-        Some(azcopy),
-        Some(1 << 20),
-    ));
-    std::fs::write(&dest, b"").unwrap();
-    let (m, d, f) = (meta.clone(), dest.clone(), forced.clone());
-    let waiting = tokio::spawn(async move { fetch_into(f.as_ref(), &m, &d, &NoProgress).await });
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        !waiting.is_finished(),
-        "azcopy mode waits for the node lock"
-    );
-    drop(lock);
-    assert_eq!(waiting.await.unwrap().unwrap().fetcher, FetcherKind::Azcopy);
-    assert_eq!(std::fs::metadata(&dest).unwrap().len(), meta.size);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_or_missing_azcopy_falls_back_to_native() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let store = Arc::new(store);
-    let data = pattern(3 << 20, 2);
-    let meta = put(&store, "f.bin", data.clone()).await;
-    let scripts = tempfile::tempdir().unwrap();
-    let tried = scripts.path().join("tried");
-    let failing = fake_azcopy(
-        scripts.path(),
-        &format!(
-            r#"echo run >> {}; echo '{{"MessageType":"Error","MessageContent":"RESPONSE 403: AuthorizationFailure sig=SECRET"}}'; exit 1"#,
-            tried.display()
-        ),
-    );
-    let native = Arc::new(NativeFetcher::new(store.clone(), NativeConfig::default()));
-    for binary in [failing.clone(), scripts.path().join("missing-azcopy")] {
-        let cache_dir = tempfile::tempdir().unwrap();
-        let azcopy = fetcher(
-            &store,
-            binary.clone(),
-            cache_dir.path(),
-            Duration::from_secs(60),
-        );
-        let direct = azcopy
-            .fetch_under_node_lock(
-                &meta,
-                &cache_dir.path().join("x"),
-                AzcopyUse::Wait,
-                &NoProgress,
-            )
-            .await
-            .unwrap_err();
-        assert!(
-            !direct.to_string().contains("SECRET"),
-            "SAS leaked: {direct}"
-        );
-        if binary == failing {
-            assert!(matches!(direct, AzcopyError::Failed { .. }), "{direct}");
-            std::fs::remove_file(&tried).unwrap();
-        } else {
-            assert!(matches!(direct, AzcopyError::Spawn { .. }), "{direct}");
-        }
-        let select =
-            SelectingFetcher::new(FetcherMode::Azcopy, native.clone(), Some(azcopy), Some(0));
+    let meta = fx.put("dir/odd name+%#.bin", &data);
+    fx.block_on(async {
+        let cache_dir = fx.cache();
+        let azcopy = fetcher(store, azcopy_binary(), &cache_dir, Duration::from_secs(60));
         let metrics = Arc::new(Metrics::default());
-        let pipeline = pipeline(cache_dir.path(), Arc::new(select), &metrics);
+        let pipeline = fx.pipeline(azcopy, &metrics);
+
         let cached = pipeline.ensure(&key(&meta), &meta).await.unwrap();
+        assert_eq!(fetches(&metrics, FetcherKind::Azcopy), 1);
         assert!(std::fs::read(&cached.path).unwrap() == data);
-        if binary == failing {
+        assert_eq!(cached.xxh3, Some(xxh3_128(&data)));
+        assert!(
+            files_under(&cache_dir.join("tmp")).is_empty(),
+            "no .azDownload or temporaries"
+        );
+        assert!(
+            files_under(&cache_dir.join("azcopy/plans")).is_empty(),
+            "plan files removed"
+        );
+        assert!(
+            files_under(&cache_dir.join("azcopy/logs")).is_empty(),
+            "logs of a good job removed"
+        );
+    });
+}
+
+#[test]
+fn auto_goes_native_while_the_node_lock_is_held_and_azcopy_mode_waits_for_it() {
+    let fx = Fixture::start();
+    let store = &fx.store;
+    let meta = fx.put("big.bin", &pattern(8 << 20, 1));
+    fx.block_on(async {
+        let cache_dir = fx.cache();
+        std::fs::create_dir_all(cache_dir.join("locks")).unwrap();
+        let native = Arc::new(NativeFetcher::new(store.clone(), NativeConfig::default()));
+        let azcopy = fetcher(store, azcopy_binary(), &cache_dir, Duration::from_secs(60));
+        let dest = &cache_dir.join("dest");
+
+        // Another process's azcopy job holds the node lock.
+        let lock = std::fs::File::create(cache_dir.join("locks/azcopy.lock")).unwrap();
+        lock.lock_exclusive().unwrap();
+
+        let auto = SelectingFetcher::new(
+            FetcherMode::Auto,
+            native.clone(),
+            Some(azcopy.clone()),
+            Some(1 << 20),
+        );
+        std::fs::write(dest, b"").unwrap();
+        let start = Instant::now();
+        assert_eq!(
+            fetch_into(&auto, &meta, dest, &NoProgress)
+                .await
+                .unwrap()
+                .fetcher,
+            FetcherKind::Native
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "auto must not queue behind azcopy"
+        );
+
+        let forced = Arc::new(SelectingFetcher::new(
+            FetcherMode::Azcopy,
+            native,
+            Some(azcopy),
+            Some(1 << 20),
+        ));
+        std::fs::write(dest, b"").unwrap();
+        let (m, d, f) = (meta.clone(), dest.clone(), forced.clone());
+        let waiting =
+            tokio::spawn(async move { fetch_into(f.as_ref(), &m, &d, &NoProgress).await });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            !waiting.is_finished(),
+            "azcopy mode waits for the node lock"
+        );
+        drop(lock);
+        assert_eq!(waiting.await.unwrap().unwrap().fetcher, FetcherKind::Azcopy);
+        assert_eq!(std::fs::metadata(dest).unwrap().len(), meta.size);
+    });
+}
+
+#[test]
+fn a_failing_or_missing_azcopy_falls_back_to_native() {
+    let fx = Fixture::start();
+    let store = &fx.store;
+    let data = pattern(3 << 20, 2);
+    // One blob per azcopy, each fetched afresh into the fixture's one cache.
+    let failing_meta = fx.put("failing.bin", &data);
+    let missing_meta = fx.put("missing.bin", &data);
+    let cache_dir = fx.cache();
+    fx.block_on(async {
+        let scripts = tempfile::tempdir().unwrap();
+        let tried = scripts.path().join("tried");
+        let failing = fake_azcopy(
+            scripts.path(),
+            &format!(
+                r#"echo run >> {}; echo '{{"MessageType":"Error","MessageContent":"RESPONSE 403: AuthorizationFailure sig=SECRET"}}'; exit 1"#,
+                tried.display()
+            ),
+        );
+        let native = Arc::new(NativeFetcher::new(store.clone(), NativeConfig::default()));
+        let missing = scripts.path().join("missing-azcopy");
+        for (binary, meta) in [(failing.clone(), failing_meta), (missing, missing_meta)] {
+            let azcopy = fetcher(
+                store,
+                binary.clone(),
+                &cache_dir,
+                Duration::from_secs(60),
+            );
+            let direct = azcopy
+                .fetch_under_node_lock(
+                    &meta,
+                    &cache_dir.join("x"),
+                    AzcopyUse::Wait,
+                    &NoProgress,
+                )
+                .await
+                .unwrap_err();
             assert!(
-                tried.exists(),
-                "the pipeline ran azcopy before falling back"
+                !direct.to_string().contains("SECRET"),
+                "SAS leaked: {direct}"
+            );
+            if binary == failing {
+                assert!(matches!(direct, AzcopyError::Failed { .. }), "{direct}");
+                std::fs::remove_file(&tried).unwrap();
+            } else {
+                assert!(matches!(direct, AzcopyError::Spawn { .. }), "{direct}");
+            }
+            let select =
+                SelectingFetcher::new(FetcherMode::Azcopy, native.clone(), Some(azcopy), Some(0));
+            let metrics = Arc::new(Metrics::default());
+            let pipeline = fx.pipeline(Arc::new(select), &metrics);
+            let cached = pipeline.ensure(&key(&meta), &meta).await.unwrap();
+            assert!(std::fs::read(&cached.path).unwrap() == data);
+            if binary == failing {
+                assert!(
+                    tried.exists(),
+                    "the pipeline ran azcopy before falling back"
+                );
+            }
+            assert_eq!(
+                (
+                    fetches(&metrics, FetcherKind::Native),
+                    fetches(&metrics, FetcherKind::Azcopy)
+                ),
+                (1, 0),
+                "native served the file after azcopy failed"
             );
         }
-        assert_eq!(
-            (
-                fetches(&metrics, FetcherKind::Native),
-                fetches(&metrics, FetcherKind::Azcopy)
-            ),
-            (1, 0),
-            "native served the file after azcopy failed"
-        );
+    });
+}
+
+/// One run of a fake azcopy through the node lock, on a 1 MiB blob.
+struct FakeRun {
+    err: AzcopyError,
+    /// What the script wrote to the note file it was given.
+    note: String,
+    dest: PathBuf,
+    cache: PathBuf,
+    took: Duration,
+}
+
+/// Runs the fake azcopy `script(note)` (`note`: a file it may write) once, with `stall`
+/// as the stall timeout; it must fail.
+fn run_fake_azcopy(script: impl FnOnce(&Path) -> String, stall: Duration) -> FakeRun {
+    let fx = Fixture::start();
+    let meta = fx.put("f.bin", &pattern(1 << 20, 2));
+    let scripts = tempfile::tempdir().unwrap();
+    let note = scripts.path().join("note");
+    let fake = fake_azcopy(scripts.path(), &script(&note));
+    let cache = fx.cache();
+    let azcopy = fetcher(&fx.store, fake, &cache, stall);
+    let dest = cache.join("tmp-dest");
+    let start = Instant::now();
+    let err = fx
+        .block_on(azcopy.fetch_under_node_lock(&meta, &dest, AzcopyUse::Wait, &NoProgress))
+        .unwrap_err();
+    let took = start.elapsed();
+    let note = std::fs::read_to_string(&note).unwrap();
+    FakeRun {
+        err,
+        note,
+        dest,
+        cache,
+        took,
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_hung_azcopy_is_killed_after_the_stall_timeout() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let store = Arc::new(store);
-    let meta = put(&store, "f.bin", pattern(1 << 20, 2)).await;
-    let scripts = tempfile::tempdir().unwrap();
-    let pid_file = scripts.path().join("pid");
+#[test]
+fn a_hung_azcopy_is_killed_after_the_stall_timeout() {
     // Like azcopy retrying an unreachable endpoint: ignores SIGTERM, never progresses.
-    let hung = fake_azcopy(
-        scripts.path(),
-        &format!(
-            "trap '' TERM; echo $$ > {}; while true; do sleep 1; done",
-            pid_file.display()
-        ),
+    let run = run_fake_azcopy(
+        |pid_file| {
+            let pid_file = pid_file.display();
+            format!("trap '' TERM; echo $$ > {pid_file}; while true; do sleep 1; done")
+        },
+        Duration::from_secs(1),
     );
-    let cache_dir = tempfile::tempdir().unwrap();
-    let azcopy = fetcher(&store, hung, cache_dir.path(), Duration::from_secs(1));
-    let start = Instant::now();
-    let err = azcopy
-        .fetch_under_node_lock(
-            &meta,
-            &cache_dir.path().join("x"),
-            AzcopyUse::Wait,
-            &NoProgress,
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, AzcopyError::Stalled(_)), "{err}");
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        start.elapsed()
-    );
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    assert!(matches!(run.err, AzcopyError::Stalled(_)), "{}", run.err);
+    assert!(run.took < Duration::from_secs(5), "took {:?}", run.took);
+    let pid: i32 = run.note.trim().parse().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert_ne!(
         unsafe { libc::kill(pid, 0) },
@@ -348,38 +333,27 @@ async fn a_hung_azcopy_is_killed_after_the_stall_timeout() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn invocation_environment_and_stdin_follow_the_design() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let store = Arc::new(store);
-    let meta = put(&store, "f.bin", pattern(1 << 20, 2)).await;
-    let scripts = tempfile::tempdir().unwrap();
-    let record = scripts.path().join("record");
-    let fake = fake_azcopy(
-        scripts.path(),
-        &format!(
-            r#"{{ printf '%s\n' "$@"; env | grep '^AZCOPY_' | sort
-               if read -t 0.5 line; then echo stdin=data; elif [ $? -gt 128 ]; then echo stdin=open; else echo stdin=eof; fi
-            }} > {}; exit 3"#,
-            record.display()
-        ),
+#[test]
+fn invocation_environment_and_stdin_follow_the_design() {
+    let run = run_fake_azcopy(
+        |record| {
+            format!(
+                r#"{{ printf '%s\n' "$@"; env | grep '^AZCOPY_' | sort
+                   if read -t 0.5 line; then echo stdin=data; elif [ $? -gt 128 ]; then echo stdin=open; else echo stdin=eof; fi
+                }} > {}; exit 3"#,
+                record.display()
+            )
+        },
+        Duration::from_secs(30),
     );
-    let cache_dir = tempfile::tempdir().unwrap();
-    let azcopy = fetcher(&store, fake, cache_dir.path(), Duration::from_secs(30));
-    let dest = cache_dir.path().join("tmp-dest");
-    azcopy
-        .fetch_under_node_lock(&meta, &dest, AzcopyUse::Wait, &NoProgress)
-        .await
-        .unwrap_err();
-    let seen = std::fs::read_to_string(&record).unwrap();
+    let seen = &run.note;
     let lines: Vec<&str> = seen.lines().collect();
     assert_eq!(lines[0], "copy");
     assert!(
         lines[1].contains("/f.bin?") && lines[1].contains("sp=r") && lines[1].contains("sig="),
         "{seen}"
     );
-    assert_eq!(lines[2], dest.to_str().unwrap());
+    assert_eq!(lines[2], run.dest.to_str().unwrap());
     for flag in [
         "--from-to=BlobLocal",
         "--check-md5=NoCheck",
@@ -391,16 +365,14 @@ async fn invocation_environment_and_stdin_follow_the_design() {
         seen.contains("AZCOPY_CONCURRENCY_VALUE=8\n") && seen.contains("AZCOPY_BUFFER_GB=0.5\n"),
         "{seen}"
     );
-    let logs = cache_dir.path().join("azcopy/logs");
+    let logs = run.cache.join("azcopy/logs");
     assert!(
         seen.contains(&format!("AZCOPY_LOG_LOCATION={}\n", logs.display())),
         "{seen}"
     );
+    let plans = run.cache.join("azcopy/plans");
     assert!(
-        seen.contains(&format!(
-            "AZCOPY_JOB_PLAN_LOCATION={}\n",
-            cache_dir.path().join("azcopy/plans").display()
-        )),
+        seen.contains(&format!("AZCOPY_JOB_PLAN_LOCATION={}\n", plans.display())),
         "{seen}"
     );
     assert!(
@@ -411,17 +383,11 @@ async fn invocation_environment_and_stdin_follow_the_design() {
 
 #[test]
 fn mount_sizes_azcopy_from_the_cgroup_and_honours_the_users_setting() {
-    let azurite = Azurite::start();
-    let (container, store) = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let (c, s) = azurite.new_container().await;
-        put(&s, "big.bin", pattern(6 << 20, 5)).await;
-        (c, s)
-    });
-    drop(store);
+    let fx = Fixture::start();
+    fx.put("big.bin", &pattern(6 << 20, 5));
     let cgroup = tempfile::tempdir().unwrap();
     std::fs::write(cgroup.path().join("cpu.max"), "300000 100000\n").unwrap();
     std::fs::write(cgroup.path().join("memory.max"), "2147483648\n").unwrap();
-    let location = format!("adls://devstoreaccount1/{container}");
     let cgroup_arg = cgroup.path().to_str().unwrap();
     let args = [
         "--fetcher",
@@ -432,8 +398,7 @@ fn mount_sizes_azcopy_from_the_cgroup_and_honours_the_users_setting() {
         cgroup_arg,
     ];
 
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start(&azurite, &location, cache.path(), &args);
+    let mount = fx.mount(&args);
     let data = std::fs::read(mount.path().join("big.bin")).unwrap();
     assert_eq!(xxh3_128(&data), xxh3_128(&pattern(6 << 20, 5)));
     let log = mount.log();
@@ -444,14 +409,7 @@ fn mount_sizes_azcopy_from_the_cgroup_and_honours_the_users_setting() {
     assert!(log.contains("fetcher=\"azcopy\""), "{log}");
     drop(mount);
 
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start_with_env(
-        &azurite,
-        &location,
-        cache.path(),
-        &args,
-        &[("AZCOPY_CONCURRENCY", "5")],
-    );
+    let mount = fx.mount_with_env(&args, &[("AZCOPY_CONCURRENCY", "5")]);
     let log = mount.log();
     assert!(
         log.contains("concurrency=5 concurrency_from=\"AZCOPY_CONCURRENCY\""),
@@ -481,27 +439,27 @@ impl Recorder {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn native_progress_reaches_the_total() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let store = Arc::new(store);
-    let meta = put(&store, "p.bin", pattern(5 << 20, 9)).await;
-    let native = NativeFetcher::new(
-        store.clone(),
-        NativeConfig {
-            chunk_size: 1 << 20,
-            parallelism: 3,
-            ..NativeConfig::default()
-        },
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let dest = dir.path().join("p");
-    std::fs::write(&dest, b"").unwrap();
-    let recorder = Recorder::default();
-    fetch_into(&native, &meta, &dest, &recorder).await.unwrap();
-    assert_eq!(recorder.0.lock().unwrap().len(), 5, "one report per chunk");
-    recorder.assert_complete(meta.size);
+#[test]
+fn native_progress_reaches_the_total() {
+    let fx = Fixture::start();
+    let store = &fx.store;
+    let meta = fx.put("p.bin", &pattern(5 << 20, 9));
+    fx.block_on(async {
+        let native = NativeFetcher::new(
+            store.clone(),
+            NativeConfig {
+                chunk_size: 1 << 20,
+                parallelism: 3,
+                ..NativeConfig::default()
+            },
+        );
+        let dest = fx.cache().join("p");
+        std::fs::write(&dest, b"").unwrap();
+        let recorder = Recorder::default();
+        fetch_into(&native, &meta, &dest, &recorder).await.unwrap();
+        assert_eq!(recorder.0.lock().unwrap().len(), 5, "one report per chunk");
+        recorder.assert_complete(meta.size);
+    });
 }
 
 /// (start, end) of each azcopy job in a mount's log, as RFC 3339 strings that sort in time.
@@ -523,20 +481,10 @@ fn job_intervals(log: &str) -> Vec<(String, String)> {
 
 #[test]
 fn a_64_mib_file_goes_through_exactly_one_azcopy_job_when_auto_has_a_threshold() {
-    let azurite = Azurite::start();
+    let fx = Fixture::start();
     let data = pattern(64 << 20, 31);
-    let container = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let (c, s) = azurite.new_container().await;
-        put(&s, "model.bin", data.clone()).await;
-        c
-    });
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &["--azcopy-min-size", "20M"],
-    );
+    fx.put("model.bin", &data);
+    let mount = fx.mount(&["--azcopy-min-size", "20M"]);
     let got = std::fs::read(mount.path().join("model.bin")).unwrap();
     assert_eq!(xxh3_128(&got), xxh3_128(&data));
     let log = mount.log();
@@ -549,18 +497,13 @@ fn a_64_mib_file_goes_through_exactly_one_azcopy_job_when_auto_has_a_threshold()
 
 #[test]
 fn azcopy_jobs_from_two_processes_never_overlap() {
-    let azurite = Azurite::start();
-    let container = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let (c, s) = azurite.new_container().await;
-        put(&s, "a.bin", pattern(48 << 20, 32)).await;
-        put(&s, "b.bin", pattern(48 << 20, 33)).await;
-        c
-    });
-    let cache = tempfile::tempdir().unwrap();
-    let location = format!("adls://devstoreaccount1/{container}");
+    let fx = Fixture::start();
+    fx.put("a.bin", &pattern(48 << 20, 32));
+    fx.put("b.bin", &pattern(48 << 20, 33));
+    // Two processes sharing the fixture's cache.
     let args = ["--fetcher", "azcopy"];
-    let one = Mount::start(&azurite, &location, cache.path(), &args);
-    let two = Mount::start(&azurite, &location, cache.path(), &args);
+    let one = fx.mount(&args);
+    let two = fx.mount(&args);
     let (pa, pb) = (one.path().join("a.bin"), two.path().join("b.bin"));
     let a = std::thread::spawn(move || std::fs::read(pa).unwrap().len());
     let b = std::thread::spawn(move || std::fs::read(pb).unwrap().len());
@@ -574,19 +517,9 @@ fn azcopy_jobs_from_two_processes_never_overlap() {
 
 #[test]
 fn auto_is_native_first_without_a_threshold() {
-    let azurite = Azurite::start();
-    let container = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let (c, s) = azurite.new_container().await;
-        put(&s, "model.bin", pattern(24 << 20, 34)).await;
-        c
-    });
-    let cache = tempfile::tempdir().unwrap();
-    let mount = Mount::start(
-        &azurite,
-        &format!("adls://devstoreaccount1/{container}"),
-        cache.path(),
-        &[],
-    );
+    let fx = Fixture::start();
+    fx.put("model.bin", &pattern(24 << 20, 34));
+    let mount = fx.mount(&[]);
     std::fs::read(mount.path().join("model.bin")).unwrap();
     let log = mount.log();
     // azcopy was there to be used: auto chose native all the same.

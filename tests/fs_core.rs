@@ -3,20 +3,23 @@
 //! attributes from listings, verified materialisation, single-flight, odd names, xattrs,
 //! read-only errors and one inode per blob version.
 
+mod common;
+
 use adlsfs::cache::layout::EntryKey;
 use adlsfs::cache::Cache;
-use adlsfs::digest::{self, Md5Digest, XXH3_METADATA_KEY};
+use adlsfs::digest::{self, XXH3_METADATA_KEY};
 use adlsfs::fetch::native::{NativeConfig, NativeFetcher};
 use adlsfs::fs::{AdlsFs, Attr, FsConfig, FsError, Ino, Kind, ROOT_INO};
 use adlsfs::location::Location;
 use adlsfs::materialise::verify::VerifyPolicy;
 use adlsfs::materialise::Materialiser;
+use adlsfs::storage::faulty::FaultyStore;
 use adlsfs::storage::memory::MemoryStore;
-use adlsfs::storage::{BlobMeta, BlobStore, BlobWrite, BlockId, DirListing, Metadata, StagedBlock};
-use async_trait::async_trait;
+use adlsfs::storage::{BlobMeta, BlobStore, Metadata};
 use bytes::Bytes;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use common::pattern;
+use common::pipeline::files_under;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -45,6 +48,15 @@ struct Mount {
 impl Mount {
     fn new(store: Arc<dyn BlobStore>, location: &str) -> Self {
         Self::with(store, location, false, config())
+    }
+
+    /// The container, with listings trusted for `ttl`.
+    fn with_ttl(store: Arc<dyn BlobStore>, ttl: Duration) -> Self {
+        let config = FsConfig {
+            metadata_ttl: ttl,
+            ..config()
+        };
+        Self::with(store, "adls://acct/box", false, config)
     }
 
     fn with(
@@ -106,49 +118,17 @@ impl Mount {
     }
 }
 
-/// Every non-directory under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().unwrap().is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Deterministic bytes that differ between chunks and between seeds.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn digest_metadata(data: &[u8]) -> Metadata {
-    [(
-        XXH3_METADATA_KEY.to_string(),
-        digest::xxh3_128(data).to_base64(),
-    )]
-    .into()
+/// A store whose blobs have no Content-MD5, as a block upload leaves them.
+fn without_md5() -> Arc<FaultyStore> {
+    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
+    store.report_md5(None);
+    store
 }
 
 /// Uploads `data`, with the xxh3 metadata when `with_digest`.
 async fn put(store: &dyn BlobStore, name: &str, data: &[u8], with_digest: bool) -> BlobMeta {
     let metadata = if with_digest {
-        digest_metadata(data)
+        common::with_digest(data)
     } else {
         Metadata::new()
     };
@@ -188,73 +168,6 @@ fn read_all(fs: &AdlsFs, fh: u64) -> Vec<u8> {
             return out;
         }
         out.extend_from_slice(&piece);
-    }
-}
-
-/// The MemoryStore with Content-MD5 removed or replaced, for blobs the fake cannot produce:
-/// no MD5 at all, or an MD5 that does not match the bytes.
-#[derive(Debug)]
-struct Md5Override {
-    inner: MemoryStore,
-    md5: Option<Md5Digest>,
-}
-
-impl Md5Override {
-    fn patch(&self, mut meta: BlobMeta) -> BlobMeta {
-        meta.content_md5 = self.md5;
-        meta
-    }
-}
-
-#[async_trait]
-impl BlobStore for Md5Override {
-    async fn list_dir(&self, prefix: &str) -> adlsfs::storage::Result<DirListing> {
-        let mut listing = self.inner.list_dir(prefix).await?;
-        listing.files = listing.files.into_iter().map(|m| self.patch(m)).collect();
-        Ok(listing)
-    }
-
-    async fn head(&self, name: &str) -> adlsfs::storage::Result<BlobMeta> {
-        Ok(self.patch(self.inner.head(name).await?))
-    }
-
-    async fn read(
-        &self,
-        name: &str,
-        range: Option<Range<u64>>,
-        etag: &str,
-    ) -> adlsfs::storage::Result<Bytes> {
-        self.inner.read(name, range, etag).await
-    }
-
-    async fn put(
-        &self,
-        name: &str,
-        data: Bytes,
-        metadata: &Metadata,
-    ) -> adlsfs::storage::Result<BlobMeta> {
-        Ok(self.patch(self.inner.put(name, data, metadata).await?))
-    }
-
-    async fn put_if(&self, write: &BlobWrite, data: Bytes) -> adlsfs::storage::Result<BlobMeta> {
-        Ok(self.patch(self.inner.put_if(write, data).await?))
-    }
-
-    async fn put_block(
-        &self,
-        name: &str,
-        id: BlockId,
-        data: Bytes,
-    ) -> adlsfs::storage::Result<StagedBlock> {
-        self.inner.put_block(name, id, data).await
-    }
-
-    async fn put_block_list(
-        &self,
-        write: &BlobWrite,
-        blocks: &[StagedBlock],
-    ) -> adlsfs::storage::Result<BlobMeta> {
-        Ok(self.patch(self.inner.put_block_list(write, blocks).await?))
     }
 }
 
@@ -496,7 +409,7 @@ async fn concurrent_opens_of_a_cold_file_download_it_once() {
 async fn a_wrong_digest_fails_with_eio_leaves_nothing_and_is_retried() {
     let store = Arc::new(MemoryStore::new());
     let data = pattern(200_000, 5);
-    let lying = digest_metadata(b"something else");
+    let lying = common::with_digest(b"something else");
     store
         .put("bad.bin", Bytes::from(data.clone()), &lying)
         .await
@@ -561,10 +474,7 @@ async fn require_digest_accepts_content_md5_without_xxh3_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn require_digest_refuses_a_blob_with_no_digest_at_all() {
-    let store = Arc::new(Md5Override {
-        inner: MemoryStore::new(),
-        md5: None,
-    });
+    let store = without_md5();
     let data = pattern(1000, 3);
     put(store.as_ref(), "bare", &data, false).await;
     put(store.as_ref(), "hashed", &data, true).await;
@@ -586,10 +496,8 @@ async fn require_digest_refuses_a_blob_with_no_digest_at_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wrong_content_md5_fails_with_eio_when_there_is_no_xxh3() {
-    let store = Arc::new(Md5Override {
-        inner: MemoryStore::new(),
-        md5: Some(digest::md5(b"other bytes")),
-    });
+    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
+    store.report_md5(Some(digest::md5(b"other bytes")));
     let data = pattern(70_000, 4);
     put(store.as_ref(), "md5bad", &data, false).await;
     put(store.as_ref(), "xxh3good", &data, true).await;
@@ -767,10 +675,7 @@ async fn xattrs_give_digests_uri_and_etag() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blob_without_content_md5_has_no_md5_xattr() {
-    let store = Arc::new(Md5Override {
-        inner: MemoryStore::new(),
-        md5: None,
-    });
+    let store = without_md5();
     put(store.as_ref(), "f", b"data", true).await;
     let m = Mount::new(store.clone(), "adls://acct/box");
     let ino = resolve(&m.fs, "f").await.unwrap().ino;
@@ -831,15 +736,7 @@ async fn a_changed_blob_gets_a_new_inode_after_the_ttl_and_old_handles_keep_old_
     let new = pattern(150_001, 32);
     let old_meta = put(store.as_ref(), "f", &old, true).await;
     put(store.as_ref(), "same", b"unchanged", true).await;
-    let m = Mount::with(
-        store.clone(),
-        "adls://acct/box",
-        false,
-        FsConfig {
-            metadata_ttl: ttl,
-            ..config()
-        },
-    );
+    let m = Mount::with_ttl(store.clone(), ttl);
     let fs = &m.fs;
 
     let first = fs.lookup(ROOT_INO, "f").await.unwrap();
@@ -907,15 +804,7 @@ async fn replaced_versions_nobody_refers_to_do_not_accumulate() {
     let ttl = Duration::from_millis(20);
     let store = Arc::new(MemoryStore::new());
     put(store.as_ref(), "churn", b"v0", true).await;
-    let m = Mount::with(
-        store.clone(),
-        "adls://acct/box",
-        false,
-        FsConfig {
-            metadata_ttl: ttl,
-            ..config()
-        },
-    );
+    let m = Mount::with_ttl(store.clone(), ttl);
     names(&m.fs, ROOT_INO).await;
     let baseline = m.fs.inode_count();
     for i in 1..=10 {

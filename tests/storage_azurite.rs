@@ -4,14 +4,14 @@
 mod common;
 
 use adlsfs::storage::azure::{AzureConfig, AzureStore};
-use adlsfs::storage::credentials::EMULATOR_KEY;
 use adlsfs::storage::credentials::{Credential, Secret, EMULATOR_ACCOUNT};
 use adlsfs::storage::{
     BlobStore, BlobWrite, BlockId, Metadata, RetryPolicy, StorageError, WriteCondition,
 };
 use bytes::Bytes;
-use common::proxy::{Fault, FaultProxy};
-use common::{with_digest, Azurite};
+use common::fixture::Fixture;
+use common::proxy::Fault;
+use common::with_digest;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::time::{Duration, Instant};
 
@@ -22,126 +22,134 @@ async fn put(store: &AzureStore, name: &str, data: &[u8]) {
         .unwrap_or_else(|e| panic!("put {name:?}: {e}"));
 }
 
-#[tokio::test]
-async fn azure_store_meets_the_storage_contract() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    common::conformance::run_all(&store).await;
+#[test]
+fn azure_store_meets_the_storage_contract() {
+    let fx = Fixture::start();
+    let store = fx.store.as_ref();
+    fx.block_on(async {
+        common::conformance::run_all(store).await;
+    });
 }
 
-#[tokio::test]
-async fn listing_pages_through_more_than_5000_blobs_in_one_directory() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let names: Vec<String> = (0..5_003).map(|i| format!("big/dir/f{i:05}")).collect();
-    let empty = Metadata::new();
-    stream::iter(names.iter())
-        .map(|name| store.put(name, Bytes::from_static(b"x"), &empty))
-        .buffer_unordered(32)
-        .try_collect::<Vec<_>>()
-        .await
-        .unwrap();
-    put(&store, "big/dir/nested/deep/leaf", b"y").await;
-    put(&store, "big/dir/other/leaf", b"z").await;
-
-    let listing = store.list_dir("big/dir/").await.unwrap();
-    let mut listed: Vec<_> = listing.files.iter().map(|f| f.name.clone()).collect();
-    listed.sort();
-    assert_eq!(listed, names, "every blob across pages, exactly once");
-    assert_eq!(listing.dirs, ["big/dir/nested/", "big/dir/other/"]);
-    assert_eq!(store.list_dir("big/").await.unwrap().dirs, ["big/dir/"]);
-    let nested = store.list_dir("big/dir/nested/").await.unwrap();
-    assert!(nested.files.is_empty());
-    assert_eq!(nested.dirs, ["big/dir/nested/deep/"]);
-}
-
-#[tokio::test]
-async fn names_with_spaces_unicode_and_url_special_characters() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let names = [
-        "odd/with space.txt",
-        "odd/ünïcödé-日本語.txt",
-        "odd/100%.txt",
-        "odd/hash#tag",
-        "odd/question?.txt",
-        "odd/plus+sign",
-        "odd/amp&eq=semi;",
-        "odd/dir with space/inner",
-    ];
-    for (i, name) in names.iter().enumerate() {
-        put(&store, name, format!("content {i}").as_bytes()).await;
-    }
-    let listing = store.list_dir("odd/").await.unwrap();
-    let mut files: Vec<_> = listing.files.iter().map(|f| f.name.as_str()).collect();
-    files.sort();
-    let mut expected: Vec<_> = names[..7].to_vec();
-    expected.sort();
-    assert_eq!(files, expected);
-    assert_eq!(listing.dirs, ["odd/dir with space/"]);
-    for (i, name) in names.iter().enumerate() {
-        let head = store
-            .head(name)
-            .await
-            .unwrap_or_else(|e| panic!("head {name:?}: {e}"));
-        assert_eq!(head.name, *name);
-        let data = store
-            .read(name, Some(0..head.size), &head.etag)
+#[test]
+fn listing_pages_through_more_than_5000_blobs_in_one_directory() {
+    let fx = Fixture::start();
+    let store = fx.store.as_ref();
+    fx.block_on(async {
+        let names: Vec<String> = (0..5_003).map(|i| format!("big/dir/f{i:05}")).collect();
+        let empty = Metadata::new();
+        stream::iter(names.iter())
+            .map(|name| store.put(name, Bytes::from_static(b"x"), &empty))
+            .buffer_unordered(32)
+            .try_collect::<Vec<_>>()
             .await
             .unwrap();
-        assert_eq!(data, format!("content {i}").as_bytes(), "{name:?}");
-    }
+        put(store, "big/dir/nested/deep/leaf", b"y").await;
+        put(store, "big/dir/other/leaf", b"z").await;
+
+        let listing = store.list_dir("big/dir/").await.unwrap();
+        let mut listed: Vec<_> = listing.files.iter().map(|f| f.name.clone()).collect();
+        listed.sort();
+        assert_eq!(listed, names, "every blob across pages, exactly once");
+        assert_eq!(listing.dirs, ["big/dir/nested/", "big/dir/other/"]);
+        assert_eq!(store.list_dir("big/").await.unwrap().dirs, ["big/dir/"]);
+        let nested = store.list_dir("big/dir/nested/").await.unwrap();
+        assert!(nested.files.is_empty());
+        assert_eq!(nested.dirs, ["big/dir/nested/deep/"]);
+    });
 }
 
-#[tokio::test]
-async fn a_blob_with_an_empty_segment_does_not_hide_its_directory() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    put(&store, "dir/ok.txt", b"fine").await;
-    put(&store, "dir//x", b"odd").await;
-    put(&store, "dir/sub/y", b"y").await;
-    let listing = store.list_dir("dir/").await.unwrap();
-    let files: Vec<_> = listing.files.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(files, ["dir/ok.txt"]);
-    assert_eq!(listing.dirs, ["dir//", "dir/sub/"]);
-    let odd = store.list_dir("dir//").await.unwrap();
-    assert_eq!(odd.files[0].name, "dir//x");
+#[test]
+fn names_with_spaces_unicode_and_url_special_characters() {
+    let fx = Fixture::start();
+    let store = fx.store.as_ref();
+    fx.block_on(async {
+        let names = [
+            "odd/with space.txt",
+            "odd/ünïcödé-日本語.txt",
+            "odd/100%.txt",
+            "odd/hash#tag",
+            "odd/question?.txt",
+            "odd/plus+sign",
+            "odd/amp&eq=semi;",
+            "odd/dir with space/inner",
+        ];
+        for (i, name) in names.iter().enumerate() {
+            put(store, name, format!("content {i}").as_bytes()).await;
+        }
+        let listing = store.list_dir("odd/").await.unwrap();
+        let mut files: Vec<_> = listing.files.iter().map(|f| f.name.as_str()).collect();
+        files.sort();
+        let mut expected: Vec<_> = names[..7].to_vec();
+        expected.sort();
+        assert_eq!(files, expected);
+        assert_eq!(listing.dirs, ["odd/dir with space/"]);
+        for (i, name) in names.iter().enumerate() {
+            let head = store
+                .head(name)
+                .await
+                .unwrap_or_else(|e| panic!("head {name:?}: {e}"));
+            assert_eq!(head.name, *name);
+            let data = store
+                .read(name, Some(0..head.size), &head.etag)
+                .await
+                .unwrap();
+            assert_eq!(data, format!("content {i}").as_bytes(), "{name:?}");
+        }
+    });
 }
 
-#[tokio::test]
-async fn wrong_account_key_is_a_clear_auth_error() {
-    let azurite = Azurite::start();
-    let (container, _) = azurite.new_container().await;
+#[test]
+fn a_blob_with_an_empty_segment_does_not_hide_its_directory() {
+    let fx = Fixture::start();
+    let store = fx.store.as_ref();
+    fx.block_on(async {
+        put(store, "dir/ok.txt", b"fine").await;
+        put(store, "dir//x", b"odd").await;
+        put(store, "dir/sub/y", b"y").await;
+        let listing = store.list_dir("dir/").await.unwrap();
+        let files: Vec<_> = listing.files.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(files, ["dir/ok.txt"]);
+        assert_eq!(listing.dirs, ["dir//", "dir/sub/"]);
+        let odd = store.list_dir("dir//").await.unwrap();
+        assert_eq!(odd.files[0].name, "dir//x");
+    });
+}
+
+#[test]
+fn wrong_account_key_is_a_clear_auth_error() {
+    let fx = Fixture::start();
     let wrong_key = "d3Jvbmcga2V5IHdyb25nIGtleSB3cm9uZyBrZXkgd3Jvbmcga2V5IHdyb25nIGtleQ==";
-    let store = azurite.store_with(&container, Credential::AccountKey(Secret::new(wrong_key)));
-    let err = store.list_dir("").await.unwrap_err();
-    assert!(
-        matches!(err, StorageError::Auth { status: 403, .. }),
-        "{err:?}"
-    );
-    let text = err.to_string();
-    assert!(
-        text.contains("refused") && text.contains("AZURE_STORAGE_ACCOUNT_KEY"),
-        "{text}"
-    );
-    assert!(
-        !text.contains(wrong_key),
-        "the key must never be printed: {text}"
-    );
-    let err = store.head("anything").await.unwrap_err();
-    assert!(matches!(err, StorageError::Auth { .. }), "{err:?}");
+    let store = fx.store_with(Credential::AccountKey(Secret::new(wrong_key)));
+    fx.block_on(async {
+        let err = store.list_dir("").await.unwrap_err();
+        assert!(
+            matches!(err, StorageError::Auth { status: 403, .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("refused") && text.contains("AZURE_STORAGE_ACCOUNT_KEY"),
+            "{text}"
+        );
+        assert!(
+            !text.contains(wrong_key),
+            "the key must never be printed: {text}"
+        );
+        let err = store.head("anything").await.unwrap_err();
+        assert!(matches!(err, StorageError::Auth { .. }), "{err:?}");
+    });
 }
 
-#[tokio::test]
-async fn missing_container_is_named() {
-    let azurite = Azurite::start();
-    let store = azurite.store("no-such-container");
-    let err = store.list_dir("").await.unwrap_err();
+#[test]
+fn missing_container_is_named() {
+    let fx = Fixture::builder().no_container().start();
+    let err = fx.block_on(fx.store.list_dir("")).unwrap_err();
     assert!(
         matches!(err, StorageError::ContainerNotFound { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains("no-such-container"), "{err}");
+    assert!(err.to_string().contains(&fx.container), "{err}");
 }
 
 #[tokio::test]
@@ -180,184 +188,157 @@ async fn unreachable_endpoint_fails_within_the_retry_budget() {
     assert!(matches!(err, StorageError::Unreachable { .. }), "{err:?}");
 }
 
-#[tokio::test]
-async fn large_upload_streams_in_blocks_and_reads_back() {
-    let azurite = Azurite::start();
-    let (_, store) = azurite.new_container().await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("big");
-    let data = common::pattern(20 << 20, 3);
-    std::fs::write(&path, &data).unwrap();
-    let meta = adlsfs::commands::upload::upload_file(&store, &path, "up/big")
-        .await
-        .unwrap();
-    assert_eq!(meta.size, data.len() as u64);
-    assert_eq!(meta.xxh3().unwrap(), Some(adlsfs::digest::xxh3_128(&data)));
-    let tail = store
-        .read("up/big", Some(meta.size - 100..meta.size), &meta.etag)
-        .await
-        .unwrap();
-    assert_eq!(&tail[..], &data[data.len() - 100..]);
+#[test]
+fn large_upload_streams_in_blocks_and_reads_back() {
+    let fx = Fixture::start();
+    let store = fx.store.as_ref();
+    fx.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let data = common::pattern(20 << 20, 3);
+        std::fs::write(&path, &data).unwrap();
+        let meta = adlsfs::commands::upload::upload_file(store, &path, "up/big")
+            .await
+            .unwrap();
+        assert_eq!(meta.size, data.len() as u64);
+        assert_eq!(meta.xxh3().unwrap(), Some(adlsfs::digest::xxh3_128(&data)));
+        let tail = store
+            .read("up/big", Some(meta.size - 100..meta.size), &meta.etag)
+            .await
+            .unwrap();
+        assert_eq!(&tail[..], &data[data.len() - 100..]);
+    });
 }
 
-/// A new container on a private Azurite, reached directly and through a fault proxy
-/// (bind it whole: Azurite stops when it is dropped).
-struct Proxied {
-    _azurite: Azurite,
-    container: String,
-    direct: AzureStore,
-    proxy: FaultProxy,
-    /// Through the proxy, with quick retries.
-    store: AzureStore,
+#[test]
+fn writes_send_no_head_and_large_files_go_up_in_blocks() {
+    let fx = Fixture::builder().proxy().start();
+    let (store, proxy) = (fx.proxied_store(), fx.proxy());
+    fx.block_on(async {
+        let small = store
+            .put("n/small", Bytes::from_static(b"small"), &Metadata::new())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let data = common::pattern(20 << 20, 5);
+        std::fs::write(&path, &data).unwrap();
+        let big = store
+            .put_file_if(
+                &BlobWrite::new("n/big", &with_digest(&data), WriteCondition::IfNoneMatch),
+                &path,
+            )
+            .await
+            .unwrap();
+        assert_eq!(proxy.count("HEAD "), 0, "{:?}", proxy.seen.lock().unwrap());
+        assert_eq!(proxy.count("?comp=block&blockid="), 3, "8 + 8 + 4 MiB");
+        assert_eq!(proxy.count("?comp=blocklist"), 1);
+        assert_eq!(store.head("n/small").await.unwrap(), small);
+        assert_eq!(store.head("n/big").await.unwrap(), big);
+        let got = store.read("n/big", None, &big.etag).await.unwrap();
+        assert!(got == data, "the blob is the file");
+    });
 }
 
-async fn proxied() -> Proxied {
-    let azurite = Azurite::start();
-    let (container, direct) = azurite.new_container().await;
-    let proxy = FaultProxy::start(azurite.port);
-    let store = AzureStore::new(AzureConfig {
-        account: EMULATOR_ACCOUNT.into(),
-        container: container.clone(),
-        endpoint: proxy.endpoint(),
-        credential: Credential::AccountKey(Secret::new(EMULATOR_KEY)),
-        retry: RetryPolicy {
-            initial_backoff: Duration::from_millis(10),
-            ..RetryPolicy::with_budget(Duration::from_secs(10))
-        },
-    })
-    .unwrap();
-    Proxied {
-        _azurite: azurite,
-        container,
-        direct,
-        proxy,
-        store,
-    }
+#[test]
+fn a_conditional_write_whose_answer_was_lost_is_recognised_on_retry() {
+    let fx = Fixture::builder().proxy().start();
+    let (store, proxy) = (fx.proxied_store(), fx.proxy());
+    fx.block_on(async {
+        let request = format!("PUT /{EMULATOR_ACCOUNT}/{}/w/landed", fx.container);
+
+        // Put Blob with If-None-Match: the retry meets the blob its first attempt created.
+        proxy.add("PUT", "/w/landed", false, Fault::DropAnswer, 1);
+        let data = b"landed";
+        let created = store
+            .put_if(
+                &BlobWrite::new("w/landed", &with_digest(data), WriteCondition::IfNoneMatch),
+                Bytes::from_static(data),
+            )
+            .await
+            .unwrap();
+        assert_eq!(proxy.count(&request), 2, "the write was retried");
+        assert_eq!(store.head("w/landed").await.unwrap(), created);
+
+        // Put Block List with If-Match: the retry meets the version its first attempt made.
+        let new = b"new content";
+        let block = store
+            .put_block("w/landed", BlockId::from_index(0), Bytes::from_static(new))
+            .await
+            .unwrap();
+        proxy.add("PUT", "comp=blocklist", false, Fault::DropAnswer, 1);
+        let replaced = store
+            .put_block_list(
+                &BlobWrite::new(
+                    "w/landed",
+                    &with_digest(new),
+                    WriteCondition::IfMatch(created.etag.clone()),
+                ),
+                &[block],
+            )
+            .await
+            .unwrap();
+        assert_eq!(proxy.count("comp=blocklist"), 2, "the commit was retried");
+        assert_ne!(replaced.etag, created.etag);
+        assert_eq!(store.head("w/landed").await.unwrap(), replaced);
+        let got = store.read("w/landed", None, &replaced.etag).await.unwrap();
+        assert_eq!(&got[..], new);
+    });
 }
 
-#[tokio::test]
-async fn writes_send_no_head_and_large_files_go_up_in_blocks() {
-    let p = proxied().await;
-    let (store, proxy) = (&p.store, &p.proxy);
-    let small = store
-        .put("n/small", Bytes::from_static(b"small"), &Metadata::new())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("big");
-    let data = common::pattern(20 << 20, 5);
-    std::fs::write(&path, &data).unwrap();
-    let big = store
-        .put_file_if(
-            &BlobWrite::new("n/big", &with_digest(&data), WriteCondition::IfNoneMatch),
-            &path,
-        )
-        .await
-        .unwrap();
-    assert_eq!(proxy.count("HEAD "), 0, "{:?}", proxy.seen.lock().unwrap());
-    assert_eq!(proxy.count("?comp=block&blockid="), 3, "8 + 8 + 4 MiB");
-    assert_eq!(proxy.count("?comp=blocklist"), 1);
-    assert_eq!(store.head("n/small").await.unwrap(), small);
-    assert_eq!(store.head("n/big").await.unwrap(), big);
-    let got = store.read("n/big", None, &big.etag).await.unwrap();
-    assert!(got == data, "the blob is the file");
-}
-
-#[tokio::test]
-async fn a_conditional_write_whose_answer_was_lost_is_recognised_on_retry() {
-    let p = proxied().await;
-    let (store, proxy) = (&p.store, &p.proxy);
-    let request = format!("PUT /{EMULATOR_ACCOUNT}/{}/w/landed", p.container);
-
-    // Put Blob with If-None-Match: the retry meets the blob its first attempt created.
-    proxy.add("PUT", "/w/landed", false, Fault::DropAnswer, 1);
-    let data = b"landed";
-    let created = store
-        .put_if(
-            &BlobWrite::new("w/landed", &with_digest(data), WriteCondition::IfNoneMatch),
-            Bytes::from_static(data),
-        )
-        .await
-        .unwrap();
-    assert_eq!(proxy.count(&request), 2, "the write was retried");
-    assert_eq!(store.head("w/landed").await.unwrap(), created);
-
-    // Put Block List with If-Match: the retry meets the version its first attempt made.
-    let new = b"new content";
-    let block = store
-        .put_block("w/landed", BlockId::from_index(0), Bytes::from_static(new))
-        .await
-        .unwrap();
-    proxy.add("PUT", "comp=blocklist", false, Fault::DropAnswer, 1);
-    let replaced = store
-        .put_block_list(
-            &BlobWrite::new(
-                "w/landed",
-                &with_digest(new),
-                WriteCondition::IfMatch(created.etag.clone()),
-            ),
-            &[block],
-        )
-        .await
-        .unwrap();
-    assert_eq!(proxy.count("comp=blocklist"), 2, "the commit was retried");
-    assert_ne!(replaced.etag, created.etag);
-    assert_eq!(store.head("w/landed").await.unwrap(), replaced);
-    let got = store.read("w/landed", None, &replaced.etag).await.unwrap();
-    assert_eq!(&got[..], new);
-}
-
-#[tokio::test]
-async fn a_retried_write_that_meets_another_writers_blob_fails() {
-    let p = proxied().await;
-    let (store, proxy) = (&p.store, &p.proxy);
-    let theirs = p
-        .direct
-        .put(
-            "w/theirs",
-            Bytes::from_static(b"theirs"),
-            &with_digest(b"theirs"),
-        )
-        .await
-        .unwrap();
-    proxy.add("PUT", "/w/theirs", false, Fault::DropAnswer, 1);
-    let err = store
-        .put_if(
-            &BlobWrite::new(
+#[test]
+fn a_retried_write_that_meets_another_writers_blob_fails() {
+    let fx = Fixture::builder().proxy().start();
+    let (store, proxy) = (fx.proxied_store(), fx.proxy());
+    fx.block_on(async {
+        let theirs = fx
+            .store
+            .put(
                 "w/theirs",
-                &with_digest(b"ours"),
-                WriteCondition::IfNoneMatch,
-            ),
-            Bytes::from_static(b"ours"),
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
-    assert_eq!(
-        proxy.count("/w/theirs"),
-        3,
-        "two PUTs, then the HEAD that checked"
-    );
-    assert_eq!(p.direct.head("w/theirs").await.unwrap(), theirs);
+                Bytes::from_static(b"theirs"),
+                &with_digest(b"theirs"),
+            )
+            .await
+            .unwrap();
+        proxy.add("PUT", "/w/theirs", false, Fault::DropAnswer, 1);
+        let err = store
+            .put_if(
+                &BlobWrite::new(
+                    "w/theirs",
+                    &with_digest(b"ours"),
+                    WriteCondition::IfNoneMatch,
+                ),
+                Bytes::from_static(b"ours"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
+        assert_eq!(
+            proxy.count("/w/theirs"),
+            3,
+            "two PUTs, then the HEAD that checked"
+        );
+        assert_eq!(fx.store.head("w/theirs").await.unwrap(), theirs);
 
-    // Without a digest in the metadata a block commit can't be recognised as our own:
-    // the retry reports the condition's failure, though the commit landed.
-    let block = store
-        .put_block(
-            "w/bare",
-            BlockId::from_index(0),
-            Bytes::from_static(b"bare"),
-        )
-        .await
-        .unwrap();
-    proxy.add("PUT", "comp=blocklist", false, Fault::DropAnswer, 1);
-    let err = store
-        .put_block_list(
-            &BlobWrite::new("w/bare", &Metadata::new(), WriteCondition::IfNoneMatch),
-            &[block],
-        )
-        .await
-        .unwrap_err();
-    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
-    assert_eq!(p.direct.head("w/bare").await.unwrap().size, 4);
+        // Without a digest in the metadata a block commit can't be recognised as our own:
+        // the retry reports the condition's failure, though the commit landed.
+        let block = store
+            .put_block(
+                "w/bare",
+                BlockId::from_index(0),
+                Bytes::from_static(b"bare"),
+            )
+            .await
+            .unwrap();
+        proxy.add("PUT", "comp=blocklist", false, Fault::DropAnswer, 1);
+        let err = store
+            .put_block_list(
+                &BlobWrite::new("w/bare", &Metadata::new(), WriteCondition::IfNoneMatch),
+                &[block],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err:?}");
+        assert_eq!(fx.store.head("w/bare").await.unwrap().size, 4);
+    });
 }

@@ -136,9 +136,19 @@ impl Materialiser {
         self.materialise(key, meta).await
     }
 
-    /// Reserves space, then fetches, verifies and publishes, evicting and trying once more
-    /// if the disk filled up meanwhile.
+    /// Materialises `key`, counting a failure under its kind, whichever step failed.
     async fn materialise(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+        let result = self.reserve_and_fetch(key, meta).await;
+        if let Err(e) = &result {
+            self.metrics.record_failure(e.kind());
+        }
+        result
+    }
+
+    /// Refuses what could never verify, reserves space, then fetches, verifies and
+    /// publishes, evicting and trying once more if the disk filled up meanwhile.
+    async fn reserve_and_fetch(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+        verify::check_verifiable(meta, self.policy)?;
         let reservation = self.cache.reserve(&meta.name, meta.size).await?;
         self.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
         let mut result = self.fetch_verify_publish(key, meta).await;
@@ -149,9 +159,8 @@ impl Materialiser {
             }
         }
         self.metrics.in_flight.fetch_sub(1, Ordering::SeqCst);
-        match &result {
-            Ok(_) => reservation.commit(),
-            Err(e) => self.metrics.record_failure(e.kind()),
+        if result.is_ok() {
+            reservation.commit();
         }
         result
     }

@@ -119,6 +119,12 @@ pub fn verify_digests(
     compare(meta, expected_xxh3, digests, file_len)
 }
 
+/// Refuses, from its metadata alone, a blob no download could make acceptable under
+/// `policy`: unusable digest metadata, or no digest at all with `--require-digest`.
+pub fn check_verifiable(meta: &BlobMeta, policy: VerifyPolicy) -> Result<(), VerifyError> {
+    expected_xxh3(meta, policy).map(|_| ())
+}
+
 /// The xxh3 the metadata promises, if any; an error when the metadata is unusable or the
 /// policy refuses a blob with no digest at all.
 fn expected_xxh3(meta: &BlobMeta, policy: VerifyPolicy) -> Result<Option<Xxh3Digest>, VerifyError> {

@@ -1,7 +1,8 @@
 //! The fault-injection wrapper for fast tests: [`FaultyStore`] wraps any [`BlobStore`] and,
 //! per kind of operation, fails the next calls with a chosen error, delays them, or
-//! damages the bytes that reads return, and counts calls and bytes served. It plays the
-//! role mountpoint-s3's `failure_client.rs` and object_store's `throttle.rs` play there:
+//! damages the bytes that reads return; it can report a Content-MD5 the blobs do not have;
+//! and it counts calls and bytes served. It plays the role mountpoint-s3's
+//! `failure_client.rs` and object_store's `throttle.rs` play there:
 //! the layers above storage (fetch, cache, mount, commits) are tested against exact,
 //! repeatable faults without a network in the loop; the proxy in the integration tests
 //! covers what only real connections show.
@@ -10,6 +11,7 @@ use super::{
     BlobMeta, BlobStore, BlobWrite, BlockId, ByteStream, DirListing, Result, StagedBlock,
     StorageError,
 };
+use crate::digest::Md5Digest;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{self, StreamExt};
@@ -116,6 +118,8 @@ struct Rules {
     failures: HashMap<Op, VecDeque<(Fault, usize)>>,
     delays: HashMap<Op, Duration>,
     damage: VecDeque<(Damage, usize)>,
+    /// The Content-MD5 listings and HEADs report instead of the real one.
+    md5: Option<Option<Md5Digest>>,
     calls: HashMap<Op, u64>,
 }
 
@@ -149,6 +153,11 @@ impl FaultyStore {
             .push_back((fault, times));
     }
 
+    /// Calls of `op` stop failing: the faults still set for it are dropped.
+    pub fn heal(&self, op: Op) {
+        self.rules().failures.remove(&op);
+    }
+
     /// Every later call of `op` waits `delay` first (`Duration::ZERO` to stop).
     pub fn delay(&self, op: Op, delay: Duration) {
         self.rules().delays.insert(op, delay);
@@ -157,6 +166,20 @@ impl FaultyStore {
     /// The next `times` successful reads (of either kind) return bytes damaged by `damage`.
     pub fn damage_reads(&self, times: usize, damage: Damage) {
         self.rules().damage.push_back((damage, times));
+    }
+
+    /// From now on listings and HEADs report `md5` as every blob's Content-MD5 (`None`:
+    /// none), for blobs the wrapped store cannot hold: no MD5 at all, or a wrong one.
+    pub fn report_md5(&self, md5: Option<Md5Digest>) {
+        self.rules().md5 = Some(md5);
+    }
+
+    /// `meta` with the Content-MD5 [`FaultyStore::report_md5`] set, if any.
+    fn reported(&self, mut meta: BlobMeta) -> BlobMeta {
+        if let Some(md5) = self.rules().md5 {
+            meta.content_md5 = md5;
+        }
+        meta
     }
 
     /// Calls of `op` so far, failed ones included.
@@ -255,12 +278,20 @@ impl Damager {
 #[async_trait]
 impl BlobStore for FaultyStore {
     async fn list_dir(&self, prefix: &str) -> Result<DirListing> {
-        self.call(Op::List, prefix, self.inner.list_dir(prefix))
-            .await
+        let mut listing = self
+            .call(Op::List, prefix, self.inner.list_dir(prefix))
+            .await?;
+        listing.files = listing
+            .files
+            .into_iter()
+            .map(|m| self.reported(m))
+            .collect();
+        Ok(listing)
     }
 
     async fn head(&self, name: &str) -> Result<BlobMeta> {
-        self.call(Op::Head, name, self.inner.head(name)).await
+        let meta = self.call(Op::Head, name, self.inner.head(name)).await?;
+        Ok(self.reported(meta))
     }
 
     async fn read(&self, name: &str, range: Option<Range<u64>>, etag: &str) -> Result<Bytes> {
@@ -343,9 +374,13 @@ mod tests {
             "{err:?}"
         );
         store.head("b").await.unwrap();
+        store.fail(Op::Head, ALWAYS, Fault::Transient);
+        store.head("b").await.unwrap_err();
+        store.heal(Op::Head);
+        store.head("b").await.unwrap();
         // Other operations were never touched.
         assert_eq!(store.list_dir("").await.unwrap().files.len(), 1);
-        assert_eq!((store.calls(Op::Head), store.calls(Op::List)), (4, 1));
+        assert_eq!((store.calls(Op::Head), store.calls(Op::List)), (6, 1));
         assert_eq!(store.calls(Op::Read), 0);
     }
 
@@ -393,6 +428,20 @@ mod tests {
         assert!(err.is_transient(), "{err:?}");
         assert_eq!(store.head("w").await.unwrap().size, 3);
         assert_eq!((store.calls(Op::PutBlock), store.calls(Op::Commit)), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn listings_and_heads_report_the_content_md5_they_are_told() {
+        let (store, meta) = store_with_blob().await;
+        assert_eq!(meta.content_md5, Some(crate::digest::md5(DATA)));
+        let wrong = crate::digest::md5(b"other");
+        for reported in [None, Some(wrong)] {
+            store.report_md5(reported);
+            assert_eq!(store.head("b").await.unwrap().content_md5, reported);
+            let listed = store.list_dir("").await.unwrap().files;
+            assert_eq!(listed[0].content_md5, reported);
+            assert_eq!(listed[0].etag, meta.etag, "nothing else changes");
+        }
     }
 
     #[tokio::test]

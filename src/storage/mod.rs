@@ -152,6 +152,8 @@ impl Classify for StorageError {
             StorageError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             StorageError::Auth { .. } => ErrorKind::Auth,
             StorageError::Unreachable { .. } => ErrorKind::Transient,
+            // The body ended before the range did: the connection gave out, a retry resumes.
+            StorageError::Service { code, .. } if code == "ShortBody" => ErrorKind::Transient,
             StorageError::Service { status, .. }
                 if *status == 408 || *status == 429 || *status >= 500 =>
             {

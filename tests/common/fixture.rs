@@ -12,13 +12,20 @@
 use super::mount::Mount;
 use super::proxy::FaultProxy;
 use super::{adlsfs_command, unique_container_name, walk, Azurite};
-use adlsfs::storage::azure::AzureStore;
-use adlsfs::storage::{BlobStore, Metadata};
+use adlsfs::cache::Cache;
+use adlsfs::fetch::Fetcher;
+use adlsfs::materialise::verify::VerifyPolicy;
+use adlsfs::materialise::Materialiser;
+use adlsfs::metrics::Metrics;
+use adlsfs::storage::azure::{AzureConfig, AzureStore};
+use adlsfs::storage::credentials::{Credential, Secret, EMULATOR_ACCOUNT, EMULATOR_KEY};
+use adlsfs::storage::{BlobMeta, BlobStore, Metadata, RetryPolicy};
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Mount arguments for a native download of one 1 MiB range at a time, which takes
 /// seconds for a blob of 100 MiB or more on loopback: long enough to act during it.
@@ -144,6 +151,38 @@ impl Fixture {
         }
     }
 
+    /// A store for the container that signs with `credential`, straight to Azurite.
+    pub fn store_with(&self, credential: Credential) -> Arc<AzureStore> {
+        Arc::new(self.azurite.store_with(&self.container, credential))
+    }
+
+    /// A store for the container through the proxy, retrying quickly. Panics unless built
+    /// with `proxy`.
+    pub fn proxied_store(&self) -> Arc<AzureStore> {
+        let store = AzureStore::new(AzureConfig {
+            account: EMULATOR_ACCOUNT.into(),
+            container: self.container.clone(),
+            endpoint: self.proxy().endpoint(),
+            credential: Credential::AccountKey(Secret::new(EMULATOR_KEY)),
+            retry: RetryPolicy {
+                initial_backoff: Duration::from_millis(10),
+                ..RetryPolicy::with_budget(Duration::from_secs(10))
+            },
+        });
+        Arc::new(store.expect("building the proxied store"))
+    }
+
+    /// The materialisation pipeline over `fetcher` on the fixture's cache directory,
+    /// refusing blobs without a digest (every [`Fixture::put`] has one), counting into
+    /// `metrics`.
+    pub fn pipeline(&self, fetcher: Arc<dyn Fetcher>, metrics: &Arc<Metrics>) -> Materialiser {
+        let cache = Cache::open(&self.cache()).expect("opening the fixture's cache");
+        let policy = VerifyPolicy {
+            require_digest: true,
+        };
+        Materialiser::new(Arc::new(cache), fetcher, policy).with_metrics(Arc::clone(metrics))
+    }
+
     /// The proxy. Panics unless built with `proxy`.
     pub fn proxy(&self) -> &FaultProxy {
         self.proxy.as_ref().expect("fixture built without a proxy")
@@ -154,8 +193,8 @@ impl Fixture {
     }
 
     /// Put Blob of `data` with its xxh3 digest in metadata, as thds.adls writes it.
-    pub fn put(&self, name: &str, data: &[u8]) {
-        self.put_meta(name, data, &super::with_digest(data));
+    pub fn put(&self, name: &str, data: &[u8]) -> BlobMeta {
+        self.put_meta(name, data, &super::with_digest(data))
     }
 
     /// Put Blob of `data` whose metadata claims the xxh3 digest of `claimed` instead.
@@ -168,9 +207,9 @@ impl Fixture {
         self.put_meta(name, data, &Metadata::new());
     }
 
-    pub fn put_meta(&self, name: &str, data: &[u8], metadata: &Metadata) {
+    pub fn put_meta(&self, name: &str, data: &[u8], metadata: &Metadata) -> BlobMeta {
         self.block_on(self.store.put(name, Bytes::from(data.to_vec()), metadata))
-            .unwrap_or_else(|e| panic!("put {name}: {e}"));
+            .unwrap_or_else(|e| panic!("put {name}: {e}"))
     }
 
     /// Many Put Blobs with digests, 16 at a time.

@@ -7,6 +7,7 @@
 pub mod conformance;
 pub mod fixture;
 pub mod mount;
+pub mod pipeline;
 pub mod proxy;
 
 use adlsfs::storage::azure::{AzureConfig, AzureStore};
