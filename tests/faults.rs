@@ -52,6 +52,37 @@ fn transient_faults_are_retried_and_the_bytes_are_right() {
 }
 
 #[test]
+fn a_byte_flipped_in_transit_is_downloaded_again_and_the_reader_gets_the_right_bytes() {
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
+    let data = pattern(8 << 20, 62);
+    fx.upload("flip.bin", &data);
+    let mount = fx.mount(&[
+        "--fetcher",
+        "native",
+        "--native-chunk-size",
+        "4M",
+        "--native-parallelism",
+        "2",
+    ]);
+    // Plain HTTP, headers kept: only the whole-file digest can see it.
+    proxy.add("GET", "/flip.bin", true, Fault::FlipByte, 1);
+    let got = std::fs::read(mount.path().join("flip.bin")).unwrap();
+    assert!(got == data, "a flipped byte reached the reader");
+    let metrics = mount.metrics();
+    assert_eq!(metrics.get(VERIFICATION_FAILURES), 1.0, "{metrics}");
+    assert_eq!(metrics.total(FETCH_FAILURES), 0.0, "{metrics}");
+    assert_eq!(metrics.fetcher(FETCHES, "native"), 1.0, "{metrics}");
+    let gets = proxy.count(&format!("GET /devstoreaccount1/{}/flip.bin", fx.container));
+    assert_eq!(
+        gets,
+        2 * 2,
+        "two 4 MiB ranges, downloaded twice: {gets} GETs"
+    );
+    assert_eq!(fx.cached().len(), 1);
+}
+
+#[test]
 fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
     let fx = Fixture::builder().proxy().start();
     let proxy = fx.proxy();
@@ -414,7 +445,8 @@ fn prefetch_through_faults_gets_every_file_right_or_names_it() {
         1.0,
         "only the bad one: {metrics}"
     );
-    assert_eq!(metrics.get(VERIFICATION_FAILURES), 1.0, "{metrics}");
+    // Downloaded twice by the mount, refused both times.
+    assert_eq!(metrics.get(VERIFICATION_FAILURES), 2.0, "{metrics}");
     assert_eq!(
         fx.cached().len(),
         30,

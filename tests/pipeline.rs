@@ -144,21 +144,48 @@ async fn concurrent_ensures_and_opens_of_one_entry_fetch_it_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_corrupt_read_fails_verification_leaves_nothing_and_the_next_request_succeeds() {
+async fn a_byte_flipped_in_transit_is_downloaded_again_and_never_served() {
     let (rig, meta, data) = rig_with_blob(Rig::builder().build()).await;
     // Every GET of the first download; only the one covering the byte is changed.
     rig.store
         .damage_reads(RANGES as usize, Damage::FlipByte(SIZE / 2));
+    let cached = rig.pipeline.ensure(&rig.key(&meta), &meta).await.unwrap();
+    assert!(
+        std::fs::read(&cached.path).unwrap() == data,
+        "the right bytes"
+    );
+    assert_eq!(cached.xxh3, Some(xxh3_128(&data)));
+    assert_eq!(
+        rig.counts(),
+        Counts {
+            reads: 2 * RANGES,
+            bytes_read: 2 * SIZE,
+            verification_failures: 1,
+            ..one_fetch()
+        },
+        "one failed check, one more download, no failure"
+    );
+    assert_eq!(rig.entries(), [cached.path]);
+    assert!(rig.temporaries().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_recorded_digest_fails_after_a_second_download_and_leaves_nothing() {
+    let rig = Rig::builder().build();
+    let data = pattern(SIZE as usize, 1);
+    let meta = rig.put_claiming("dir/f.bin", &data, b"other bytes").await;
     let err = fails_leaving_nothing(&rig, &meta, ErrorKind::Corrupt).await;
     assert!(err.to_string().contains("xxh3_128 mismatch"), "{err}");
     let failed = Counts {
-        reads: RANGES,
-        bytes_read: SIZE,
-        verification_failures: 1,
+        reads: 2 * RANGES,
+        bytes_read: 2 * SIZE,
+        verification_failures: 2,
         ..failed_before_any_get(ErrorKind::Corrupt)
     };
-    assert_eq!(rig.counts(), failed);
-    next_request_succeeds(&rig, &meta, &data, failed).await;
+    assert_eq!(rig.counts(), failed, "two downloads, both refused");
+    // No negative cache: the next request tries (twice) again.
+    fails_leaving_nothing(&rig, &meta, ErrorKind::Corrupt).await;
+    assert_eq!(rig.counts().reads, 4 * RANGES);
 }
 
 /// A GET refused with `fault` fails the download with `kind` at once (one range at a

@@ -13,6 +13,8 @@
 //!   is looked at again: whoever waited finds the file.
 //! - Verification ([`verify`]) uses the digests the fetcher computed while downloading
 //!   when it could see the bytes, else hashes the file once.
+//! - Bytes that fail verification are downloaded once more before the caller gets an
+//!   error: a flip in transit then costs one download, a wrong recorded digest two.
 //! - A download that finds the disk full evicts once and tries once more.
 //! - A failed fetch leaves nothing: its temporary is removed, nothing is published.
 //! - Landed byte ranges ([`crate::fetch::landed`]) are tracked per fetch; today an open
@@ -146,18 +148,32 @@ impl Materialiser {
     }
 
     /// Refuses what could never verify, reserves space, then fetches, verifies and
-    /// publishes, evicting and trying once more if the disk filled up meanwhile.
+    /// publishes. Two failures get one more download each: bytes that fail verification
+    /// (a flip in transit passes every transport check; only a second download tells it
+    /// from a blob whose recorded digest is wrong), and a disk that filled up meanwhile
+    /// (after an eviction).
     async fn reserve_and_fetch(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
         verify::check_verifiable(meta, self.policy)?;
         let reservation = self.cache.reserve(&meta.name, meta.size).await?;
         self.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
-        let mut result = self.fetch_verify_publish(key, meta).await;
-        if matches!(&result, Err(e) if e.kind() == ErrorKind::NoSpace) {
-            tracing::warn!(blob = %meta.name, needed = meta.size, "cache disk full during download; evicting and retrying once");
-            if self.cache.evict_for_reserved().await.is_ok() {
-                result = self.fetch_verify_publish(key, meta).await;
+        let (mut refetched, mut evicted) = (false, false);
+        let result = loop {
+            let result = self.fetch_verify_publish(key, meta).await;
+            match &result {
+                Err(e) if e.kind() == ErrorKind::Corrupt && !refetched => {
+                    refetched = true;
+                    tracing::warn!(blob = %meta.name, error = %e, "downloaded bytes failed verification; downloading once more");
+                }
+                Err(e) if e.kind() == ErrorKind::NoSpace && !evicted => {
+                    evicted = true;
+                    tracing::warn!(blob = %meta.name, needed = meta.size, "cache disk full during download; evicting and retrying once");
+                    if self.cache.evict_for_reserved().await.is_err() {
+                        break result;
+                    }
+                }
+                _ => break result,
             }
-        }
+        };
         self.metrics.in_flight.fetch_sub(1, Ordering::SeqCst);
         if result.is_ok() {
             reservation.commit();
@@ -184,7 +200,16 @@ impl Materialiser {
         // Nothing more will land, whatever happened.
         landed.end();
         let report = fetched?;
-        let verified = self.verify_and_sync(tmp.path(), meta, report).await?;
+        let verified = self
+            .verify_and_sync(tmp.path(), meta, report)
+            .await
+            .inspect_err(|e| {
+                if e.kind() == ErrorKind::Corrupt {
+                    self.metrics
+                        .verification_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            })?;
         let attrs = EntryAttrs {
             uri: Some(key.uri()),
             etag: Some(key.etag.clone()),

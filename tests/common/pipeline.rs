@@ -125,7 +125,13 @@ impl Rig {
 
     /// Put Blob of `data` with its xxh3 digest in metadata (and Content-MD5).
     pub async fn put(&self, name: &str, data: &[u8]) -> BlobMeta {
-        let metadata = super::with_digest(data);
+        self.put_claiming(name, data, data).await
+    }
+
+    /// Put Blob of `data` whose metadata records the digest of `claimed` instead: a blob
+    /// whose recorded digest is wrong.
+    pub async fn put_claiming(&self, name: &str, data: &[u8], claimed: &[u8]) -> BlobMeta {
+        let metadata = super::with_digest(claimed);
         self.store
             .put(name, Bytes::copy_from_slice(data), &metadata)
             .await

@@ -26,6 +26,9 @@ pub enum Fault {
     /// Forward (so the request takes effect), then reset the connection without sending
     /// any of the answer: a write that landed but whose answer was lost.
     DropAnswer,
+    /// Forward, with one byte in the middle of the body inverted and the headers kept: a
+    /// flip in transit that no transport check sees (plain HTTP).
+    FlipByte,
     /// Run this before forwarding (e.g. overwrite the blob between two ranged GETs).
     Before(Arc<dyn Fn() + Send + Sync>),
 }
@@ -268,6 +271,13 @@ async fn serve(
         Some(Fault::DropAnswer) => {
             client.set_zero_linger()?;
             drop(client);
+        }
+        Some(Fault::FlipByte) => {
+            let middle = body_start + (response.len() - body_start) / 2;
+            if let Some(b) = response.get_mut(middle) {
+                *b = !*b;
+            }
+            client.write_all(&response).await?;
         }
         Some(Fault::ResetMidBody) => {
             let cut = body_start + (response.len() - body_start) / 2;
