@@ -589,6 +589,47 @@ async fn odd_names_are_hidden_and_never_break_a_listing() {
     assert_eq!(store.read_count(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adls_gen2_directory_markers_are_directories_with_or_without_children() {
+    let store = Arc::new(MemoryStore::new());
+    let folder = Metadata::from([("hdi_isfolder".to_string(), "true".to_string())]);
+    for marker in ["lake/empty", "lake/full", "lake/nested/deep"] {
+        store.put(marker, Bytes::new(), &folder).await.unwrap();
+    }
+    put(store.as_ref(), "lake/full/part-0.parquet", b"rows", true).await;
+    // Not a marker: a zero-length file, and a non-empty blob claiming to be a folder.
+    put(store.as_ref(), "lake/zero", b"", true).await;
+    store
+        .put("lake/claims", Bytes::from_static(b"data"), &folder)
+        .await
+        .unwrap();
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let fs = &m.fs;
+
+    let lake = resolve(fs, "lake").await.unwrap().ino;
+    assert_eq!(
+        names(fs, lake).await,
+        ["claims", "empty", "full", "nested", "zero"]
+    );
+    let kind = |attr: Attr| attr.kind;
+    for dir in ["lake/empty", "lake/full", "lake/nested", "lake/nested/deep"] {
+        assert_eq!(kind(resolve(fs, dir).await.unwrap()), Kind::Dir, "{dir}");
+    }
+    for file in ["lake/zero", "lake/claims", "lake/full/part-0.parquet"] {
+        assert_eq!(kind(resolve(fs, file).await.unwrap()), Kind::File, "{file}");
+    }
+    let empty = resolve(fs, "lake/empty").await.unwrap().ino;
+    assert!(names(fs, empty).await.is_empty(), "childless, and no file");
+    let full = resolve(fs, "lake/full").await.unwrap().ino;
+    assert_eq!(names(fs, full).await, ["part-0.parquet"]);
+    assert_eq!(
+        fs.getattr(lake).unwrap().nlink,
+        2 + 3,
+        "empty, full (marker and prefix, counted once) and nested"
+    );
+    assert_eq!(store.read_count(), 0);
+}
+
 // 6 ───────────────────────────────────────────────────────────────────────────────────────
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -310,6 +310,46 @@ fn remount_reuses_the_cache_without_downloading_again() {
 }
 
 #[test]
+fn adls_gen2_directory_markers_show_as_directories_childless_ones_included() {
+    let fx = Fixture::start();
+    // As Hadoop/ABFS, Storage Explorer and azcopy write directories.
+    let folder = Metadata::from([("hdi_isfolder".to_string(), "true".to_string())]);
+    fx.put_meta("lake/empty", b"", &folder);
+    fx.put_meta("lake/full", b"", &folder);
+    fx.put("lake/full/part-0.parquet", b"rows");
+    fx.put("lake/zero-length-file", b"");
+    let mount = fx.mount(&[]);
+    let lake = mount.path().join("lake");
+    let empty = fs::metadata(lake.join("empty")).unwrap();
+    assert!(
+        empty.is_dir(),
+        "a childless marker is a directory: {empty:?}"
+    );
+    assert_eq!(fs::read_dir(lake.join("empty")).unwrap().count(), 0);
+    assert!(fs::metadata(lake.join("full")).unwrap().is_dir());
+    assert_eq!(fs::read(lake.join("full/part-0.parquet")).unwrap(), b"rows");
+    assert!(fs::metadata(lake.join("zero-length-file"))
+        .unwrap()
+        .is_file());
+    let ls = std::process::Command::new("ls")
+        .arg("-l")
+        .arg(&lake)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&ls.stdout);
+    let kinds: Vec<(char, &str)> = listing
+        .lines()
+        .filter_map(|l| Some((l.chars().next()?, l.split_whitespace().last()?)))
+        .filter(|(_, name)| !name.is_empty() && *name != "0")
+        .collect();
+    assert_eq!(
+        kinds,
+        [('d', "empty"), ('d', "full"), ('-', "zero-length-file")],
+        "{listing}"
+    );
+}
+
+#[test]
 fn odd_blob_names_are_hidden_and_never_break_a_listing() {
     let fx = Fixture::start();
     let long = "l".repeat(256);

@@ -41,6 +41,9 @@ pub async fn list_all(
             .with_context(|| format!("listing {}", location.blob_uri(&prefix)))?;
         pending.extend(listing.dirs);
         for meta in listing.files {
+            if crate::fs::inode::is_folder_marker(&meta) {
+                continue; // a directory, not a file to fetch
+            }
             let relative = meta.name[root.len()..].to_string();
             if relative.is_empty() || relative.split('/').any(|s| posix_name(s).is_err()) {
                 tracing::warn!(blob = %meta.name, "skipped: the mount cannot show this name");

@@ -118,7 +118,17 @@ impl InodeTable {
         };
         let mut entries = BTreeMap::new();
         let mut subdirs = 0;
-        for sub in &listing.dirs {
+        // ADLS Gen2 directory markers (zero-length, `hdi_isfolder=true`) are directories,
+        // childless ones included; one with children is also listed as a prefix.
+        let (markers, files): (Vec<BlobMeta>, Vec<BlobMeta>) =
+            listing.files.into_iter().partition(is_folder_marker);
+        let marker_dirs = markers.into_iter().map(|m| format!("{}/", m.name));
+        for sub in &listing
+            .dirs
+            .into_iter()
+            .chain(marker_dirs)
+            .collect::<Vec<_>>()
+        {
             let relative = &sub[prefix.len()..];
             let segment = relative.strip_suffix('/').unwrap_or(relative);
             let name = match posix_name(segment) {
@@ -128,11 +138,14 @@ impl InodeTable {
                     continue;
                 }
             };
+            if entries.contains_key(&name) {
+                continue;
+            }
             let ino = self.dir_ino(sub, dir, &name);
             entries.insert(name, ino);
             subdirs += 1;
         }
-        for meta in listing.files {
+        for meta in files {
             let segment = &meta.name[prefix.len()..];
             if segment.is_empty() {
                 // A marker blob named exactly like the directory ("dir/"): nothing to show.
@@ -146,11 +159,9 @@ impl InodeTable {
                 }
             };
             if entries.contains_key(&name) {
-                if !is_folder_marker(&meta) {
-                    self.warn_once(&meta.name, || {
-                        tracing::warn!(blob = %meta.name, "hidden: a directory of the same name shadows this blob")
-                    });
-                }
+                self.warn_once(&meta.name, || {
+                    tracing::warn!(blob = %meta.name, "hidden: a directory of the same name shadows this blob")
+                });
                 continue;
             }
             let ino = self.file_ino(meta, dir, &name);
@@ -299,8 +310,9 @@ impl InodeTable {
     }
 }
 
-/// Hierarchical-namespace accounts list each directory also as an empty marker blob.
-fn is_folder_marker(meta: &BlobMeta) -> bool {
+/// Hierarchical-namespace accounts, Hadoop/ABFS, Storage Explorer and azcopy write each
+/// directory as an empty marker blob with `hdi_isfolder=true`.
+pub fn is_folder_marker(meta: &BlobMeta) -> bool {
     meta.size == 0
         && meta
             .metadata

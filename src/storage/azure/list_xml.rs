@@ -23,6 +23,9 @@ struct BlobBuilder {
     etag: String,
     content_md5: Option<Md5Digest>,
     metadata: Metadata,
+    /// `<ResourceType>directory</ResourceType>`: a directory of a hierarchical-namespace
+    /// account, listed as a blob.
+    directory: bool,
 }
 
 pub fn parse_list_page(xml: &str) -> Result<ListPage, String> {
@@ -94,6 +97,11 @@ pub fn parse_list_page(xml: &str) -> Result<ListPage, String> {
                             b.etag = quoted_etag(&value);
                         }
                     }
+                    ("Properties", "ResourceType") => {
+                        if let Some(b) = blob.as_mut() {
+                            b.directory = value.trim().eq_ignore_ascii_case("directory");
+                        }
+                    }
                     ("Properties", "Content-MD5") if !value.trim().is_empty() => {
                         if let Some(b) = blob.as_mut() {
                             b.content_md5 = Md5Digest::from_base64(&value).ok();
@@ -106,6 +114,13 @@ pub fn parse_list_page(xml: &str) -> Result<ListPage, String> {
                     }
                     (_, "Blob") => {
                         let b = blob.take().ok_or("unbalanced <Blob>")?;
+                        if b.directory {
+                            // A directory is a directory, whether or not it has children
+                            // (and so a <BlobPrefix> of its own).
+                            let name = b.name.ok_or("a <Blob> without <Name>")?;
+                            page.prefixes.push(format!("{name}/"));
+                            continue;
+                        }
                         page.blobs.push(BlobMeta {
                             name: b.name.ok_or("a <Blob> without <Name>")?,
                             size: b.size,
@@ -157,6 +172,31 @@ pub fn parse_http_date(value: &str) -> Result<SystemTime, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_of_a_hierarchical_namespace_account_is_a_prefix_with_or_without_children() {
+        let page = parse_list_page(
+            r#"<?xml version="1.0" encoding="utf-8"?>
+<EnumerationResults ServiceEndpoint="https://a.blob.core.windows.net/" ContainerName="c">
+  <Blobs>
+    <Blob><Name>d/empty</Name>
+      <Properties><Last-Modified>Fri, 27 Nov 2026 02:00:00 GMT</Last-Modified>
+        <Etag>0x1</Etag><Content-Length>0</Content-Length>
+        <ResourceType>directory</ResourceType></Properties></Blob>
+    <Blob><Name>d/file</Name>
+      <Properties><Last-Modified>Fri, 27 Nov 2026 02:00:00 GMT</Last-Modified>
+        <Etag>0x2</Etag><Content-Length>3</Content-Length>
+        <ResourceType>file</ResourceType></Properties></Blob>
+    <BlobPrefix><Name>d/full/</Name></BlobPrefix>
+  </Blobs>
+  <NextMarker />
+</EnumerationResults>"#,
+        )
+        .unwrap();
+        assert_eq!(page.prefixes, ["d/empty/", "d/full/"]);
+        let names: Vec<_> = page.blobs.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["d/file"]);
+    }
 
     const PAGE: &str = r#"<?xml version="1.0" encoding="utf-8"?>
 <EnumerationResults ServiceEndpoint="http://127.0.0.1:10000/devstoreaccount1" ContainerName="box">
