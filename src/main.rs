@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             }
         }
     }
+    let global = cli.global;
     let result = match cli.command {
         Command::Mount(args) => adlsfs::app::run_mount(args.to_config(), ready),
         other => run(other),
@@ -50,7 +51,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("adlsfs: {e:#}");
-            tracing::error!(error = format!("{e:#}"), "exiting");
+            // Once: the log gets it too only when the log is not stderr (a log file, or a
+            // daemon's syslog, where the parent already printed it).
+            if global.log_file.is_some() || daemonising {
+                tracing::error!(error = format!("{e:#}"), "exiting");
+            }
             ExitCode::FAILURE
         }
     }
@@ -67,8 +72,15 @@ fn absolutize(args: &mut adlsfs::cli::MountArgs) -> Result<()> {
 /// Logs go to --log-file, else to syslog for a daemon (it has no stderr), else stderr.
 fn init_logging(global: &GlobalArgs, daemonising: bool) -> Result<()> {
     use std::sync::Mutex;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&global.log_level));
+    if !filter.to_string().contains("fuser") {
+        // fuser's one warning there, "Failed to umount filesystem: Invalid argument", comes
+        // at every unmount made from outside (fusermount3 -u, umount, the kubelet): the
+        // session, already gone, is unmounted again on drop. adlsfs reports its own
+        // unmount failures; the rest of fuser's session log is errors, kept.
+        filter = filter.add_directive("fuser::session=error".parse().expect("a valid directive"));
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match (&global.log_file, global.log_format) {
         (Some(path), format) => {

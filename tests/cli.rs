@@ -133,6 +133,11 @@ fn bad_inputs_get_clear_errors_and_a_failing_exit_code() {
         !err.contains("TOPSECRETSIG"),
         "a SAS must never be printed: {err}"
     );
+    assert_eq!(
+        err.matches("could not reach").count(),
+        1,
+        "said once, not as an error and again as a log line: {err}"
+    );
 }
 
 #[test]

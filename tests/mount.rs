@@ -397,8 +397,19 @@ fn unmount_with_fusermount_ends_the_daemon() {
         .status()
         .unwrap();
     assert!(status.success());
+    // The daemon notices and exits by itself (a zombie until reaped by stop()).
+    let stat = format!("/proc/{}/stat", mount.pid());
+    common::wait_until("the daemon to exit", || {
+        std::fs::read_to_string(&stat).map_or(true, |s| s.contains(") Z "))
+    });
     assert!(mount.stop().success());
     assert!(!common::mount::is_mounted(&mount.path()));
+    let log = mount.log();
+    assert!(log.contains("unmounted externally"), "{log}");
+    assert!(
+        !log.contains("WARN") && !log.contains("Failed to umount"),
+        "a clean unmount from outside is not a warning: {log}"
+    );
 }
 
 #[test]

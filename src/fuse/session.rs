@@ -55,7 +55,10 @@ impl Mounted {
     pub fn unmount(mut self) -> std::io::Result<()> {
         if !self.thread.is_finished() {
             if let Err(e) = self.unmounter.unmount() {
-                if !self.thread.is_finished() {
+                // EINVAL: not a mount point any more, unmounted from outside a moment ago
+                // (the session thread has not noticed yet). Nothing to detach.
+                let gone = e.raw_os_error() == Some(libc::EINVAL);
+                if !gone && !self.thread.is_finished() {
                     tracing::warn!(error = %e, "mount busy; detaching it lazily");
                     let _ = std::process::Command::new("fusermount3")
                         .arg("-u")
