@@ -76,36 +76,49 @@ fn prefetch_names_each_failure_and_exits_non_zero() {
     assert!(stderr(&missing).contains("no/such/dir: no file, directory or glob match"));
 }
 
-/// mount(8) runs helpers with a fixed root PATH, so the binary under test is linked
-/// into /usr/local/sbin for the test's duration (and only where nothing else is).
-struct InstalledLink(std::path::PathBuf);
+/// mount(8) runs helpers with a fixed root PATH: the binary under test is installed into
+/// /usr/local/bin by `scripts/install`, as the README tells users to, for the test's
+/// duration; whatever was there before is put back afterwards.
+struct Installed {
+    target: std::path::PathBuf,
+    previous: Option<Vec<u8>>,
+}
 
-impl InstalledLink {
+impl Installed {
     fn new() -> Self {
-        let link = std::path::PathBuf::from("/usr/local/sbin/adlsfs");
-        if let Ok(target) = std::fs::read_link(&link) {
-            assert_eq!(
-                target,
-                adlsfs_bin(),
-                "{} belongs to another adlsfs",
-                link.display()
-            );
-            return Self(link);
-        }
-        assert!(
-            !link.exists(),
-            "{} exists: refusing to replace it",
-            link.display()
+        let target = std::path::PathBuf::from("/usr/local/bin/adlsfs");
+        let previous = std::fs::read(&target).ok();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install");
+        let run = || {
+            Command::new("bash")
+                .arg(script)
+                .arg("--binary")
+                .arg(adlsfs_bin())
+                .output()
+                .unwrap()
+        };
+        let out = run();
+        assert!(out.status.success(), "scripts/install: {}", stderr(&out));
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            std::fs::read(adlsfs_bin()).unwrap()
         );
-        std::fs::create_dir_all("/usr/local/sbin").unwrap();
-        std::os::unix::fs::symlink(adlsfs_bin(), &link).unwrap();
-        Self(link)
+        let again = run();
+        assert!(
+            again.status.success() && stderr(&again).contains("up to date"),
+            "installing again changes nothing: {}",
+            stderr(&again)
+        );
+        Self { target, previous }
     }
 }
 
-impl Drop for InstalledLink {
+impl Drop for Installed {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = match &self.previous {
+            Some(bytes) => std::fs::write(&self.target, bytes),
+            None => std::fs::remove_file(&self.target),
+        };
     }
 }
 
@@ -113,7 +126,7 @@ impl Drop for InstalledLink {
 fn mount_t_fuse_adlsfs_and_an_fstab_entry_mount_and_unmount() {
     let fx = Fixture::start();
     fx.put("hello.txt", b"hello world\n");
-    let _link = InstalledLink::new();
+    let _installed = Installed::new();
     let work = tempfile::tempdir().unwrap();
     let mnt = work.path().join("mnt");
     let cache = work.path().join("cache");
