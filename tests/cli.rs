@@ -169,3 +169,33 @@ fn mount_refuses_a_missing_or_non_empty_mountpoint() {
     let err = stderr(&out);
     assert!(err.contains("not empty"), "{err}");
 }
+
+#[test]
+fn a_refused_credential_names_the_account_the_container_and_the_role_to_grant() {
+    let fx = Fixture::start();
+    fx.put("f", b"1");
+    // A key of the right shape that is not the account's.
+    let wrong_key =
+        "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=";
+    let refused = adlsfs(
+        &[
+            "ls",
+            &fx.location(),
+            "--endpoint",
+            fx.azurite.endpoint().as_str(),
+        ],
+        &[("AZURE_STORAGE_ACCOUNT_KEY", wrong_key)],
+    );
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&format!("devstoreaccount1/{}", fx.container)) && err.contains("403"),
+        "names the account and container: {err}"
+    );
+    assert!(
+        err.contains("Storage Blob Data Reader"),
+        "names the role: {err}"
+    );
+    assert!(!err.contains(wrong_key), "never the key: {err}");
+    assert_eq!(err.matches("was refused").count(), 1, "said once: {err}");
+}

@@ -102,7 +102,7 @@ pub enum StorageError {
     Changed { name: String, etag: String },
     #[error("blob {name:?} already exists")]
     AlreadyExists { name: String },
-    #[error("access to {what} was refused ({status} {code}): check the credentials (AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_CONNECTION_STRING, workload identity) and that they grant read access")]
+    #[error("access to {what} was refused ({status} {code}): check the credentials (AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_CONNECTION_STRING, workload or managed identity) and that they grant read access: an Entra ID identity needs the role Storage Blob Data Reader on the account or container (Owner and Contributor are not enough), a SAS needs sp=rl")]
     Auth {
         what: String,
         status: u16,
