@@ -11,6 +11,7 @@ use common::{pattern, walk};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -123,6 +124,28 @@ fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
         md5.contains("user.hash.md5=0sb1kCrCNwJL3QwXbLkwY9xA=="),
         "{md5}"
     );
+    // Names a file never has are ENODATA (what `ls -l` asks every file for), never ENOSYS.
+    let path = std::ffi::CString::new(root.join("hello.txt").into_os_string().into_vec()).unwrap();
+    for name in [
+        "security.selinux",
+        "system.posix_acl_access",
+        "user.hash.sha256",
+        "trusted.x",
+    ] {
+        let cname = std::ffi::CString::new(name).unwrap();
+        let mut buf = [0u8; 64];
+        // SAFETY: NUL-terminated strings and a live buffer of the given length.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!((n, errno), (-1, Some(libc::ENODATA)), "{name}");
+    }
 
     let ls = Command::new("ls")
         .arg("-l")

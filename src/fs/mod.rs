@@ -31,6 +31,11 @@ pub const XATTR_MD5: &str = "user.hash.md5";
 pub const XATTR_URI: &str = "user.adls.uri";
 pub const XATTR_ETAG: &str = "user.adls.etag";
 
+/// Whether `name` is one of the extended attributes a file of the mount can have.
+pub fn is_known_xattr(name: &str) -> bool {
+    matches!(name, XATTR_XXH3 | XATTR_MD5 | XATTR_URI | XATTR_ETAG)
+}
+
 /// Block size reported to `stat`, for `st_blocks` in 512-byte units.
 const BLOCK_SIZE: u64 = 512;
 

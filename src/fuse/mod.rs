@@ -306,9 +306,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let Some(name) = name.to_str().map(str::to_string) else {
+        // `ls -l` asks every file for security.selinux and system.posix_acl_access, and
+        // FUSE forwards each ask: names adlsfs never has are refused here, with no lock,
+        // allocation or task.
+        let Some(name) = name.to_str().filter(|n| crate::fs::is_known_xattr(n)) else {
             return reply.error(Errno::from_i32(libc::ENODATA));
         };
+        let name = name.to_string();
         match self.fs.getxattr_now(ino.0, &name) {
             Some(Ok(value)) => return reply_xattr(reply, size, &value),
             Some(Err(e)) => return reply.error(errno(&e)),
