@@ -107,6 +107,11 @@ fn azcopy_fetches_with_managed_identity() {
 }
 
 #[test]
+fn azcopy_fetches_with_app_service_managed_identity() {
+    azcopy_fetches_with(Flow::AppService);
+}
+
+#[test]
 fn azcopy_fetches_with_workload_identity() {
     azcopy_fetches_with(Flow::WorkloadIdentity);
 }
@@ -138,4 +143,18 @@ fn azurite_refuses_requests_without_a_token_or_with_an_expired_one() {
         !anonymous.status.success(),
         "an unsigned listing was accepted"
     );
+}
+
+#[test]
+fn the_private_ca_is_trusted_only_through_ssl_cert_file() {
+    let (fx, _) = fixture(Flow::ClientSecret);
+    let args = ["ls", "--retry-timeout", "1s", &fx.location()];
+    let out = fx.command().env_remove("SSL_CERT_FILE").args(args).output();
+    let out = out.expect("running adlsfs");
+    assert!(
+        !out.status.success(),
+        "a private CA was trusted without SSL_CERT_FILE"
+    );
+    assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
+    stdout(&fx.cli(&args));
 }
