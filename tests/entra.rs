@@ -83,6 +83,11 @@ fn client_secret_with_an_authority_host_lists_mounts_reads_and_prefetches() {
     lists_mounts_reads_and_prefetches(Flow::ClientSecret);
 }
 
+#[test]
+fn azure_cli_lists_mounts_reads_and_prefetches() {
+    lists_mounts_reads_and_prefetches(Flow::AzureCli);
+}
+
 /// The azcopy fetcher, given a user-delegation SAS minted with `flow`'s token (object_store's
 /// signer asks Azurite for a user-delegation key with the bearer token); azcopy trusts the
 /// test CA through the same `SSL_CERT_FILE`.
@@ -119,6 +124,11 @@ fn azcopy_fetches_with_workload_identity() {
 #[test]
 fn azcopy_fetches_with_a_client_secret() {
     azcopy_fetches_with(Flow::ClientSecret);
+}
+
+#[test]
+fn azcopy_fetches_with_the_azure_cli() {
+    azcopy_fetches_with(Flow::AzureCli);
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! service on loopback (`tests/support/token-service.js`, HTTPS too: object_store's token
 //! clients inherit the store's HTTPS-only setting) that answers the client-secret and
 //! federated (workload identity) grants at `/<tenant>/oauth2/v2.0/token` and managed
-//! identity in its IMDS and App Service forms, and counts the grants it made.
+//! identity in its IMDS and App Service forms, and (through a stand-in `az` on PATH) the
+//! Azure CLI, and counts the grants it made.
 //!
 //! The CA is made once per test process with the `openssl` CLI; the process's own
 //! `SSL_CERT_FILE` is pointed at a full bundle (system roots + the test CA), as a user
@@ -165,6 +166,8 @@ pub enum Flow {
     WorkloadIdentity,
     /// `AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_CLIENT_SECRET`, `AZURE_AUTHORITY_HOST`.
     ClientSecret,
+    /// `AZURE_USE_AZURE_CLI=true`, with `tests/support/az` as `az` first on PATH.
+    AzureCli,
 }
 
 /// Grants the token service made, by kind, and requests it refused.
@@ -174,6 +177,7 @@ pub struct Grants {
     pub federated: u32,
     pub imds: u32,
     pub app_service: u32,
+    pub azure_cli: u32,
     pub refused: u32,
 }
 
@@ -185,12 +189,14 @@ impl Grants {
             Flow::AppService => self.app_service,
             Flow::WorkloadIdentity => self.federated,
             Flow::ClientSecret => self.client_secret,
+            Flow::AzureCli => self.azure_cli,
         }
     }
 
     /// Panics unless `flow`'s grant was made and nothing else was asked for.
     pub fn assert_only(&self, flow: Flow) {
-        let total = self.client_secret + self.federated + self.imds + self.app_service;
+        let total =
+            self.client_secret + self.federated + self.imds + self.app_service + self.azure_cli;
         assert!(
             self.of(flow) >= 1 && self.of(flow) == total && self.refused == 0,
             "expected only {flow:?} grants, the token service saw {self:?}"
@@ -261,7 +267,11 @@ impl Entra {
         });
         let config_path = dir.path().join("config.json");
         write_private(&config_path, &config.to_string());
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/token-service.js");
+        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink(support.join("az"), bin.join("az")).unwrap();
+        let script = support.join("token-service.js");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
         let mut cmd = Command::new("node");
         cmd.arg(&script)
@@ -321,6 +331,18 @@ impl Entra {
                 ("AZURE_CLIENT_SECRET", self.client_secret.clone()),
                 ("AZURE_AUTHORITY_HOST", authority),
             ],
+            Flow::AzureCli => {
+                let path = std::env::var_os("PATH").unwrap_or_default();
+                let path = std::env::join_paths(
+                    std::iter::once(self.dir.path().join("bin"))
+                        .chain(std::env::split_paths(&path)),
+                );
+                vec![
+                    ("AZURE_USE_AZURE_CLI", "true".into()),
+                    ("AZ_STANDIN_TOKEN_URL", self.url("/cli/token")),
+                    ("PATH", path.unwrap().to_string_lossy().into_owned()),
+                ]
+            }
         };
         vars.into_iter()
             .map(|(k, v)| (k.to_string(), v))

@@ -5,6 +5,7 @@
 //                                      federated client_assertion (workload identity)
 //   GET  /msi/token                    managed identity, IMDS form (`Metadata: true`)
 //   GET  /appservice/token             managed identity, App Service form (`X-IDENTITY-HEADER`)
+//   GET  /cli/token                    for the stand-in `az account get-access-token`
 // Tokens are JWTs with a dummy signature: Azurite's `--oauth basic` checks issuer, audience
 // and lifetime only. Never logs a secret or a token.
 //
@@ -13,13 +14,13 @@
 // negative) sets the token's own `exp`; `expiresIn` is what the answer claims, so a test
 // can hand out tokens that Azurite must refuse. After every request it rewrites
 // `countsFile` with the grants made: {"client_secret": n, "federated": n, "imds": n,
-// "app_service": n, "refused": n}. Prints its port on the first line of stdout.
+// "app_service": n, "azure_cli": n, "refused": n}. Prints its port on the first line of stdout.
 "use strict";
 const https = require("https");
 const fs = require("fs");
 
 const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const counts = { client_secret: 0, federated: 0, imds: 0, app_service: 0, refused: 0 };
+const counts = { client_secret: 0, federated: 0, imds: 0, app_service: 0, azure_cli: 0, refused: 0 };
 
 function writeCounts() {
   fs.writeFileSync(`${cfg.countsFile}.tmp`, JSON.stringify(counts));
@@ -95,6 +96,17 @@ function managed(req, res, url, grant) {
   });
 }
 
+// The Azure CLI's form: `expiresOn` in local time, "YYYY-MM-DD HH:MM:SS.ffffff".
+function cli(req, res) {
+  counts.azure_cli += 1;
+  const at = new Date(Date.now() + cfg.expiresIn * 1000);
+  const two = (n) => String(n).padStart(2, "0");
+  const expiresOn =
+    `${at.getFullYear()}-${two(at.getMonth() + 1)}-${two(at.getDate())} ` +
+    `${two(at.getHours())}:${two(at.getMinutes())}:${two(at.getSeconds())}.000000`;
+  reply(res, 200, { accessToken: token(), expiresOn, tokenType: "Bearer", tenant: cfg.tenant });
+}
+
 const server = https.createServer(
   { cert: fs.readFileSync(cfg.cert), key: fs.readFileSync(cfg.key) },
   (req, res) => {
@@ -114,6 +126,7 @@ function route(req, res, body) {
   if (req.method === "GET" && url.pathname === "/msi/token") return managed(req, res, url, "imds");
   if (req.method === "GET" && url.pathname === "/appservice/token")
     return managed(req, res, url, "app_service");
+  if (req.method === "GET" && url.pathname === "/cli/token") return cli(req, res);
   counts.refused += 1;
   reply(res, 404, { error: "not_found", path: url.pathname });
 }
