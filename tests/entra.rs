@@ -153,6 +153,7 @@ fn azurite_refuses_requests_without_a_token_or_with_an_expired_one() {
         !anonymous.status.success(),
         "an unsigned listing was accepted"
     );
+    assert!(stderr(&anonymous).contains("403"), "{}", stderr(&anonymous));
 }
 
 #[test]
