@@ -58,9 +58,14 @@ fn lists_mounts_reads_and_prefetches(flow: Flow) {
     );
     assert!(std::fs::read(&file).unwrap() == data, "bytes differ");
     assert_eq!(fx.cached_blobs(), [BLOB, "top.txt"]);
+    let log = mount.log();
     drop(mount);
 
-    fx.token_service().grants().assert_only(flow);
+    let service = fx.token_service();
+    service.grants().assert_only(flow);
+    for text in [&log, &ls, &stderr(&prefetched)] {
+        service.assert_no_secret_in(text);
+    }
 }
 
 #[test]
@@ -102,8 +107,15 @@ fn azcopy_fetches_with(flow: Flow) {
         "{}",
         mount.log()
     );
+    let log = mount.log();
     drop(mount);
-    fx.token_service().grants().assert_only(flow);
+    assert!(
+        !log.contains("azcopy logs in itself"),
+        "azcopy was not given a SAS:\n{log}"
+    );
+    let service = fx.token_service();
+    service.grants().assert_only(flow);
+    service.assert_no_secret_in(&log);
 }
 
 #[test]

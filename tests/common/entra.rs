@@ -350,6 +350,20 @@ impl Entra {
             .collect()
     }
 
+    /// Panics if `text` (a log, a command's output) shows a token, a client secret or an
+    /// identity header this service knows.
+    pub fn assert_no_secret_in(&self, text: &str) {
+        // Every token starts with the same JWT header.
+        let token_start = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9";
+        for (what, secret) in [
+            ("a token", token_start),
+            ("the client secret", &self.client_secret),
+            ("the identity header", &self.identity_header),
+        ] {
+            assert!(!text.contains(secret), "{what} shows in:\n{text}");
+        }
+    }
+
     /// The grants made so far.
     pub fn grants(&self) -> Grants {
         let text = std::fs::read_to_string(self.dir.path().join("grants.json"))
