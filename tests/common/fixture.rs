@@ -342,7 +342,8 @@ impl Fixture {
     }
 
     /// Writes a private (0600) credentials file in `dir` holding this Azurite's
-    /// connection string, as `--credentials-file` and `credentials_file=` read it.
+    /// connection string (an account key, whatever the fixture's own credentials), as
+    /// `--credentials-file` and `credentials_file=` read it.
     pub fn credentials_file(&self, dir: &Path) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("creds");
