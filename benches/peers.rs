@@ -209,8 +209,12 @@ impl Ctx {
     }
 
     fn mount(&self, cache: &Path, args: &[&str]) -> Mount {
-        Mount::start_with_env(
-            &self.azurite,
+        let credentials = [(
+            "AZURE_STORAGE_CONNECTION_STRING".to_string(),
+            self.azurite.connection_string(),
+        )];
+        Mount::start(
+            &credentials,
             &self.location,
             cache,
             args,

@@ -19,14 +19,23 @@ const EMULATOR_DEFAULT_URL: &str = "http://127.0.0.1:10000";
 pub const CONNECTION_STRING_VAR: &str = "AZURE_STORAGE_CONNECTION_STRING";
 pub const ACCOUNT_KEY_VAR: &str = "AZURE_STORAGE_ACCOUNT_KEY";
 pub const SAS_TOKEN_VAR: &str = "AZURE_STORAGE_SAS_TOKEN";
-const TOKEN_VARS: [&str; 6] = [
+/// The Entra ID variables, as the AKS workload identity webhook, App Service and the Azure
+/// SDKs name them. `AZURE_AUTHORITY_HOST` (sovereign clouds; the webhook sets it, ending in
+/// `/`) is the token authority for workload identity and client secrets. `IDENTITY_ENDPOINT`
+/// is App Service's managed identity endpoint; its `IDENTITY_HEADER` is read by object_store
+/// from the process environment itself, so it is not listed here.
+const TOKEN_VARS: [&str; 8] = [
     "AZURE_CLIENT_ID",
     "AZURE_TENANT_ID",
     "AZURE_FEDERATED_TOKEN_FILE",
     "AZURE_CLIENT_SECRET",
     "AZURE_USE_AZURE_CLI",
     "AZURE_MSI_ENDPOINT",
+    "AZURE_AUTHORITY_HOST",
+    IDENTITY_ENDPOINT_VAR,
 ];
+/// App Service's managed identity endpoint: the one token variable without `AZURE_`.
+const IDENTITY_ENDPOINT_VAR: &str = "IDENTITY_ENDPOINT";
 
 /// A string that never shows in Debug or Display output.
 #[derive(Clone, PartialEq, Eq)]
@@ -93,7 +102,7 @@ pub fn load_vars(file: Option<&Path>) -> Result<BTreeMap<String, String>, Storag
     match file {
         Some(path) => read_credentials_file(path),
         None => Ok(std::env::vars()
-            .filter(|(k, _)| k.starts_with("AZURE_"))
+            .filter(|(k, _)| k.starts_with("AZURE_") || k == IDENTITY_ENDPOINT_VAR)
             .collect()),
     }
 }
@@ -329,6 +338,30 @@ mod tests {
             resolve(&key_and_sas, true).unwrap().credential,
             Credential::Anonymous
         );
+    }
+
+    #[test]
+    fn the_authority_host_and_app_services_endpoint_reach_the_token_flows() {
+        let wi = vars(&[
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token"),
+            ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
+        ]);
+        let Credential::Token(read) = resolve(&wi, false).unwrap().credential else {
+            panic!("not a token credential");
+        };
+        assert_eq!(
+            read["AZURE_AUTHORITY_HOST"].expose(),
+            "https://login.microsoftonline.us/"
+        );
+        let app_service = vars(&[(IDENTITY_ENDPOINT_VAR, "http://127.0.0.1:41/token")]);
+        let access = resolve(&app_service, false).unwrap();
+        assert_eq!(access.credential.kind(), "managed identity");
+        let Credential::Token(read) = access.credential else {
+            panic!("not a token credential");
+        };
+        assert!(read.contains_key(IDENTITY_ENDPOINT_VAR));
     }
 
     #[test]

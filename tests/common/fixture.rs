@@ -1,6 +1,8 @@
 //! One fixture for the tests that mount: a private Azurite (optionally with its request
-//! log), a fresh container and its store, a cache directory (optionally on a small tmpfs),
-//! an optional fault proxy in front of Azurite, and the commands a test runs against them.
+//! log, or in OAuth mode over HTTPS with a token service for one Entra ID flow), a fresh
+//! container and its store, a cache directory (optionally on a small tmpfs), an optional
+//! fault proxy in front of Azurite, and the commands a test runs against them, each with
+//! the fixture's credentials.
 //!
 //! ```ignore
 //! let fx = Fixture::start();
@@ -9,9 +11,10 @@
 //! assert_eq!(mount.metrics().get(CACHE_MISSES), 0.0);
 //! ```
 
+use super::entra::{self, Entra, Flow, Lifetime};
 use super::mount::Mount;
 use super::proxy::FaultProxy;
-use super::{adlsfs_command, unique_container_name, walk, Azurite};
+use super::{adlsfs_command, unique_container_name, walk, Azurite, AzuriteOptions};
 use adlsfs::cache::Cache;
 use adlsfs::fetch::Fetcher;
 use adlsfs::materialise::verify::VerifyPolicy;
@@ -45,6 +48,7 @@ pub struct Builder {
     proxy: bool,
     tmpfs: Option<String>,
     no_container: bool,
+    entra: Option<(Flow, Lifetime)>,
 }
 
 impl Builder {
@@ -72,12 +76,29 @@ impl Builder {
         self
     }
 
+    /// Azurite in OAuth mode over HTTPS (a private CA) and a token service: the commands
+    /// and mounts authenticate with `flow` alone. The fixture's own store still uses the
+    /// account key, which Azurite accepts in OAuth mode too.
+    pub fn entra(self, flow: Flow) -> Self {
+        self.entra_tokens(flow, Lifetime::default())
+    }
+
+    /// [`Builder::entra`] with tokens of this lifetime.
+    pub fn entra_tokens(mut self, flow: Flow, lifetime: Lifetime) -> Self {
+        self.entra = Some((flow, lifetime));
+        self
+    }
+
     pub fn start(self) -> Fixture {
-        let azurite = if self.request_log {
-            Azurite::start_logged()
-        } else {
-            Azurite::start()
-        };
+        let ca = self.entra.map(|_| entra::test_ca());
+        let azurite = Azurite::start_with(AzuriteOptions {
+            request_log: self.request_log,
+            oauth_tls: ca.map(|ca| &ca.server),
+        });
+        let entra = self
+            .entra
+            .zip(ca)
+            .map(|((flow, lifetime), ca)| (Entra::start(flow, ca, lifetime), ca));
         let container = unique_container_name();
         let store = Arc::new(azurite.store(&container));
         let rt = super::rt();
@@ -97,6 +118,7 @@ impl Builder {
             store,
             proxy,
             cache,
+            entra,
             rt,
         }
     }
@@ -113,6 +135,7 @@ pub struct Fixture {
     pub store: Arc<AzureStore>,
     proxy: Option<FaultProxy>,
     cache: CacheDir,
+    entra: Option<(Entra, &'static entra::TestCa)>,
     rt: tokio::runtime::Runtime,
 }
 
@@ -183,6 +206,30 @@ impl Fixture {
         Materialiser::new(Arc::new(cache), fetcher, policy).with_metrics(Arc::clone(metrics))
     }
 
+    /// The token service. Panics unless built with `entra`.
+    pub fn token_service(&self) -> &Entra {
+        &self.entra.as_ref().expect("fixture built without entra").0
+    }
+
+    /// The variables that give adlsfs this fixture's credentials: Azurite's connection
+    /// string, or the Entra ID flow's variables, `SSL_CERT_FILE` and the HTTPS endpoint.
+    pub fn credential_env(&self) -> Vec<(String, String)> {
+        match &self.entra {
+            Some((service, ca)) => {
+                let mut env = service.env(ca);
+                env.push((
+                    "ADLSFS_ENDPOINT".into(),
+                    self.azurite.endpoint().to_string(),
+                ));
+                env
+            }
+            None => vec![(
+                "AZURE_STORAGE_CONNECTION_STRING".into(),
+                self.azurite.connection_string(),
+            )],
+        }
+    }
+
     /// The proxy. Panics unless built with `proxy`.
     pub fn proxy(&self) -> &FaultProxy {
         self.proxy.as_ref().expect("fixture built without a proxy")
@@ -247,7 +294,7 @@ impl Fixture {
     pub fn mount_on(&self, cache: &Path, args: &[&str], env: &[(&str, &str)]) -> Mount {
         let args = self.via_proxy(args);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Mount::start_with_env(&self.azurite, &self.location(), cache, &args, env)
+        Mount::start(&self.credential_env(), &self.location(), cache, &args, env)
     }
 
     /// `args` with `--endpoint <proxy>` in front when the fixture has a proxy.
@@ -259,17 +306,14 @@ impl Fixture {
         endpoint.chain(args.iter().map(|a| a.to_string())).collect()
     }
 
-    /// `adlsfs` with this Azurite's connection string and no other credentials.
+    /// `adlsfs` with the fixture's credentials ([`Fixture::credential_env`]) and no others.
     pub fn command(&self) -> Command {
         let mut cmd = adlsfs_command();
-        cmd.env(
-            "AZURE_STORAGE_CONNECTION_STRING",
-            self.azurite.connection_string(),
-        );
+        cmd.envs(self.credential_env());
         cmd
     }
 
-    /// Runs `adlsfs <args>` with this Azurite's connection string.
+    /// Runs `adlsfs <args>` with the fixture's credentials.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.command().args(args).output().expect("running adlsfs")
     }
@@ -298,7 +342,8 @@ impl Fixture {
     }
 
     /// Writes a private (0600) credentials file in `dir` holding this Azurite's
-    /// connection string, as `--credentials-file` and `credentials_file=` read it.
+    /// connection string (an account key, whatever the fixture's own credentials), as
+    /// `--credentials-file` and `credentials_file=` read it.
     pub fn credentials_file(&self, dir: &Path) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let path = dir.join("creds");

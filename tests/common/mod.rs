@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod conformance;
+pub mod entra;
 pub mod fixture;
 pub mod mount;
 pub mod pipeline;
@@ -29,20 +30,36 @@ pub struct Azurite {
     pub port: u16,
     dir: tempfile::TempDir,
     debug_log: Option<PathBuf>,
+    /// Set when it serves HTTPS and checks Entra ID bearer tokens.
+    oauth: bool,
+}
+
+/// What an Azurite instance serves besides the plain blob service.
+#[derive(Default)]
+pub struct AzuriteOptions<'a> {
+    /// Its request log on, so tests can count the GETs a blob received.
+    pub request_log: bool,
+    /// HTTPS with this certificate and `--oauth basic`: bearer tokens are checked (issuer,
+    /// audience, lifetime; not the signature).
+    pub oauth_tls: Option<&'a entra::ServerCert>,
 }
 
 impl Azurite {
     /// Starts Azurite with in-memory persistence; panics with a clear message when it can't.
     pub fn start() -> Self {
-        Self::start_with(false)
+        Self::start_with(AzuriteOptions::default())
     }
 
     /// Starts Azurite with its request log on, so tests can count the GETs a blob received.
     pub fn start_logged() -> Self {
-        Self::start_with(true)
+        Self::start_with(AzuriteOptions {
+            request_log: true,
+            ..Default::default()
+        })
     }
 
-    fn start_with(request_log: bool) -> Self {
+    pub fn start_with(options: AzuriteOptions) -> Self {
+        let request_log = options.request_log;
         let dir = tempfile::Builder::new()
             .prefix("adlsfs-azurite-")
             .tempdir()
@@ -51,13 +68,15 @@ impl Azurite {
         for _ in 0..5 {
             let port = free_port();
             let debug_log = request_log.then(|| dir.path().join("requests.log"));
-            let mut child = spawn_azurite(port, dir.path(), debug_log.as_deref());
+            let mut child =
+                spawn_azurite(port, dir.path(), debug_log.as_deref(), options.oauth_tls);
             if wait_until_listening(port, &mut child) {
                 return Self {
                     child,
                     port,
                     dir,
                     debug_log,
+                    oauth: options.oauth_tls.is_some(),
                 };
             }
             let _ = child.kill();
@@ -69,18 +88,20 @@ impl Azurite {
 
     /// The account's blob service URL, path-style as Azurite serves it.
     pub fn endpoint(&self) -> Url {
-        Url::parse(&format!(
-            "http://127.0.0.1:{}/{EMULATOR_ACCOUNT}",
-            self.port
-        ))
-        .unwrap()
+        Url::parse(&format!("{}/{EMULATOR_ACCOUNT}", self.base_url())).unwrap()
+    }
+
+    /// `http://127.0.0.1:<port>`, or `https://` in OAuth mode.
+    fn base_url(&self) -> String {
+        let scheme = if self.oauth { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// `AZURE_STORAGE_CONNECTION_STRING` for this instance.
     pub fn connection_string(&self) -> String {
         format!(
-            "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://127.0.0.1:{}",
-            self.port
+            "UseDevelopmentStorage=true;DevelopmentStorageProxyUri={}",
+            self.base_url()
         )
     }
 
@@ -155,7 +176,12 @@ impl Drop for Azurite {
     }
 }
 
-fn spawn_azurite(port: u16, dir: &Path, debug_log: Option<&Path>) -> Child {
+fn spawn_azurite(
+    port: u16,
+    dir: &Path,
+    debug_log: Option<&Path>,
+    oauth_tls: Option<&entra::ServerCert>,
+) -> Child {
     let log = std::fs::File::create(dir.join("azurite.log")).expect("azurite log file");
     let mut cmd = Command::new("azurite-blob");
     cmd.args(["--blobHost", "127.0.0.1", "--blobPort"])
@@ -172,18 +198,35 @@ fn spawn_azurite(port: u16, dir: &Path, debug_log: Option<&Path>) -> Child {
                 .map(|p| vec!["--debug".into(), p.as_os_str().to_owned()])
                 .unwrap_or_default(),
         )
+        .args(oauth_tls.map_or_else(Vec::new, |tls| {
+            vec![
+                "--oauth".into(),
+                "basic".into(),
+                "--cert".into(),
+                tls.cert.as_os_str().to_owned(),
+                "--key".into(),
+                tls.key.as_os_str().to_owned(),
+            ]
+        }))
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     // Azurite must not outlive a test process that is killed or aborts.
+    die_with_parent(&mut cmd, libc::SIGKILL);
+    cmd.spawn()
+        .expect("azurite-blob not found on PATH: run scripts/setup (npm package azurite)")
+}
+
+/// Has the kernel send `signal` to the command's process when the test process dies, so
+/// no service or daemon outlives a test that is killed or aborts.
+pub fn die_with_parent(cmd: &mut Command, signal: libc::c_int) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, signal);
             Ok(())
         });
     }
-    cmd.spawn()
-        .expect("azurite-blob not found on PATH: run scripts/setup (npm package azurite)")
 }
 
 fn wait_until_listening(port: u16, child: &mut Child) -> bool {

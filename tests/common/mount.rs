@@ -1,8 +1,7 @@
 //! A real `adlsfs mount` process for tests: mounted through /dev/fuse on a fresh empty
 //! directory, unmounted (SIGTERM, then a lazy fusermount3 -u as a fallback) on drop.
 
-use super::{adlsfs_bin, Azurite};
-use std::os::unix::process::CommandExt;
+use super::adlsfs_bin;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -16,14 +15,10 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// Mounts `location` with the cache in `cache_dir`; `extra` are further CLI arguments.
-    pub fn start(azurite: &Azurite, location: &str, cache_dir: &Path, extra: &[&str]) -> Self {
-        Self::start_with_env(azurite, location, cache_dir, extra, &[])
-    }
-
-    /// Like [`Mount::start`], with extra environment variables for the daemon.
-    pub fn start_with_env(
-        azurite: &Azurite,
+    /// Mounts `location` with the cache in `cache_dir`, the daemon's credentials from the
+    /// variables `credentials`; `extra` are further CLI arguments, `env` further variables.
+    pub fn start(
+        credentials: &[(String, String)],
         location: &str,
         cache_dir: &Path,
         extra: &[&str],
@@ -45,21 +40,13 @@ impl Mount {
             .arg(cache_dir)
             .arg("--foreground")
             .args(extra)
-            .env(
-                "AZURE_STORAGE_CONNECTION_STRING",
-                azurite.connection_string(),
-            )
+            .envs(credentials.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "adlsfs=debug")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        super::die_with_parent(&mut cmd, libc::SIGTERM);
         let mut child = cmd.spawn().expect("spawning adlsfs mount");
         let deadline = Instant::now() + MOUNT_TIMEOUT;
         while !is_mounted(&mountpoint) {

@@ -133,7 +133,11 @@ impl AzureStore {
                         "AZURE_FEDERATED_TOKEN_FILE" => builder.with_federated_token_file(v),
                         "AZURE_CLIENT_SECRET" => builder.with_client_secret(v),
                         "AZURE_USE_AZURE_CLI" => builder.with_use_azure_cli(v == "true"),
-                        "AZURE_MSI_ENDPOINT" => builder.with_msi_endpoint(v),
+                        "AZURE_MSI_ENDPOINT" | "IDENTITY_ENDPOINT" => builder.with_msi_endpoint(v),
+                        // object_store appends `/<tenant>`; the AKS webhook's value ends in `/`.
+                        "AZURE_AUTHORITY_HOST" => {
+                            builder.with_authority_host(v.trim_end_matches('/'))
+                        }
                         _ => builder,
                     };
                 }
