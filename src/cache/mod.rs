@@ -23,7 +23,7 @@ pub use evict::{Bounds, MinFree};
 use fs2::FileExt;
 use layout::{EntryKey, Layout};
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -371,10 +371,12 @@ impl Cache {
             return self.publish_copy(source, key, attrs);
         }
         let held = open_shared(source).map_err(|e| CacheError::io(source, e))?;
+        let mode = held.metadata().map_err(|e| CacheError::io(source, e))?.mode() & 0o7777;
         entry::write_attrs(source, attrs);
         set_mode(source, 0o644)?;
         if let Err(e) = fs::rename(source, &final_path) {
-            set_mode(source, 0o600)?;
+            // The source stays where it was: as it was (a staged write stays private).
+            set_mode(source, mode)?;
             return match e.raw_os_error() {
                 // Another mount of the same filesystem: rename cannot cross it.
                 Some(libc::EXDEV) => self.publish_copy(source, key, attrs),
@@ -460,7 +462,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), CacheError> {
 }
 
 fn same_filesystem(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
     match (fs::metadata(a), fs::metadata(b)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev(),
         _ => true, // let the rename decide
