@@ -859,3 +859,30 @@ async fn replaced_versions_nobody_refers_to_do_not_accumulate() {
         "unreferenced inodes of replaced blob versions are kept forever"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn listing_locks_do_not_outlive_their_listings() {
+    // The per-directory listing lock map used to keep one entry for every directory ever
+    // listed; it now holds only directories being listed right now.
+    let store = Arc::new(MemoryStore::new());
+    for d in 0..20 {
+        put(store.as_ref(), &format!("d{d}/f"), b"x", true).await;
+    }
+    let m = Mount::new(store.clone(), "adls://acct/box");
+    let fs = Arc::clone(&m.fs);
+    let tasks: Vec<_> = (0..20)
+        .flat_map(|d| [d, d]) // two lookups per directory, racing for its listing
+        .map(|d| {
+            let fs = Arc::clone(&fs);
+            tokio::spawn(async move { resolve(&fs, &format!("d{d}/f")).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().kind, Kind::File);
+    }
+    assert_eq!(
+        m.fs.listings_in_flight(),
+        0,
+        "no listing lock outlived its listing"
+    );
+}
