@@ -371,7 +371,11 @@ impl Cache {
             return self.publish_copy(source, key, attrs);
         }
         let held = open_shared(source).map_err(|e| CacheError::io(source, e))?;
-        let mode = held.metadata().map_err(|e| CacheError::io(source, e))?.mode() & 0o7777;
+        let mode = held
+            .metadata()
+            .map_err(|e| CacheError::io(source, e))?
+            .mode()
+            & 0o7777;
         entry::write_attrs(source, attrs);
         set_mode(source, 0o644)?;
         if let Err(e) = fs::rename(source, &final_path) {
