@@ -8,8 +8,8 @@
 //! covers what only real connections show.
 
 use super::{
-    BlobMeta, BlobStore, BlobWrite, BlockId, ByteStream, DirListing, Result, StagedBlock,
-    StorageError,
+    BlobMeta, BlobStore, BlobWrite, BlockId, ByteStream, CheckedRange, DirListing, Result,
+    StagedBlock, StorageError,
 };
 use crate::digest::Md5Digest;
 use async_trait::async_trait;
@@ -30,7 +30,7 @@ pub const ALWAYS: usize = usize::MAX;
 pub enum Op {
     List,
     Head,
-    /// [`BlobStore::read`] and [`BlobStore::read_stream`].
+    /// [`BlobStore::read`], [`BlobStore::read_stream`] and [`BlobStore::read_range_md5`].
     Read,
     /// [`BlobStore::put_if`] (and so `put`, and small files' `put_file`).
     Put,
@@ -163,7 +163,9 @@ impl FaultyStore {
         self.rules().delays.insert(op, delay);
     }
 
-    /// The next `times` successful reads (of either kind) return bytes damaged by `damage`.
+    /// The next `times` successful reads (of any kind) return bytes damaged by `damage`.
+    /// A [`BlobStore::read_range_md5`] keeps the MD5 the wrapped store reported: damage in
+    /// transit, the header intact.
     pub fn damage_reads(&self, times: usize, damage: Damage) {
         self.rules().damage.push_back((damage, times));
     }
@@ -217,6 +219,16 @@ impl FaultyStore {
             Some(Fault::LostAnswer) => call.await.and(Err(Fault::LostAnswer.error(name))),
             Some(fault) => Err(fault.error(name)),
         }
+    }
+
+    /// A body read whole, after the next damage rule (and counted).
+    fn damaged(&self, name: &str, range: &Option<Range<u64>>, data: Bytes) -> Result<Bytes> {
+        let mut damager = self.damager(name, range);
+        let mut out = BytesMut::new();
+        for piece in damager.apply(data) {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out.freeze())
     }
 
     fn damager(&self, name: &str, range: &Option<Range<u64>>) -> Damager {
@@ -297,12 +309,19 @@ impl BlobStore for FaultyStore {
     async fn read(&self, name: &str, range: Option<Range<u64>>, etag: &str) -> Result<Bytes> {
         let read = self.inner.read(name, range.clone(), etag);
         let data = self.call(Op::Read, name, read).await?;
-        let mut damager = self.damager(name, &range);
-        let mut out = BytesMut::new();
-        for piece in damager.apply(data) {
-            out.extend_from_slice(&piece?);
-        }
-        Ok(out.freeze())
+        self.damaged(name, &range, data)
+    }
+
+    async fn read_range_md5(
+        &self,
+        name: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<CheckedRange> {
+        let read = self.inner.read_range_md5(name, range.clone(), etag);
+        let CheckedRange { data, md5 } = self.call(Op::Read, name, read).await?;
+        let data = self.damaged(name, &Some(range), data)?;
+        Ok(CheckedRange { data, md5 })
     }
 
     async fn read_stream(&self, name: &str, range: Range<u64>, etag: &str) -> Result<ByteStream> {
@@ -468,6 +487,27 @@ mod tests {
         assert_eq!(&got[..], &DATA[..5]);
         let got = store.read("b", None, &meta.etag).await.unwrap();
         assert_eq!(&got[..], DATA);
+    }
+
+    #[tokio::test]
+    async fn damaged_range_md5_reads_keep_the_md5_the_store_reported() {
+        let (store, meta) = store_with_blob().await;
+        let clean = store.read_range_md5("b", 10..15, &meta.etag).await.unwrap();
+        assert_eq!(&clean.data[..], &DATA[10..15]);
+        assert_eq!(clean.md5, Some(crate::digest::md5(&DATA[10..15])));
+        store.damage_reads(1, Damage::FlipByte(12));
+        let damaged = store.read_range_md5("b", 10..15, &meta.etag).await.unwrap();
+        assert_ne!(damaged.data, clean.data, "the bytes are damaged");
+        assert_eq!(damaged.md5, clean.md5, "the reported MD5 is not");
+        assert_ne!(Some(crate::digest::md5(&damaged.data)), damaged.md5);
+        store.fail(Op::Read, 1, Fault::Changed);
+        let err = store
+            .read_range_md5("b", 0..5, &meta.etag)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Changed { .. }), "{err:?}");
+        assert_eq!(store.calls(Op::Read), 3);
+        assert_eq!(store.bytes_read(), 10);
     }
 
     #[tokio::test]

@@ -4,7 +4,8 @@
 //! a block list), staged blocks invisible until a commit that names them.
 
 use super::{
-    BlobMeta, BlobStore, BlobWrite, BlockId, DirListing, Result, StagedBlock, StorageError,
+    check_md5_range, BlobMeta, BlobStore, BlobWrite, BlockId, CheckedRange, DirListing, Result,
+    StagedBlock, StorageError,
 };
 use crate::digest;
 use async_trait::async_trait;
@@ -43,7 +44,8 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Number of [`BlobStore::read`] calls served, for single-flight assertions.
+    /// Number of [`BlobStore::read`] (and [`BlobStore::read_range_md5`]) calls served, for
+    /// single-flight assertions.
     pub fn read_count(&self) -> u64 {
         self.reads.load(Ordering::SeqCst)
     }
@@ -147,6 +149,21 @@ impl BlobStore for MemoryStore {
             });
         }
         Ok(data.slice(range.start as usize..range.end as usize))
+    }
+
+    /// The range as [`BlobStore::read`] gives it, with the MD5 of the stored bytes.
+    async fn read_range_md5(
+        &self,
+        name: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<CheckedRange> {
+        check_md5_range(name, &range)?;
+        let data = self.read(name, Some(range), etag).await?;
+        Ok(CheckedRange {
+            md5: Some(digest::md5(&data)),
+            data,
+        })
     }
 
     async fn put_if(&self, write: &BlobWrite, data: Bytes) -> Result<BlobMeta> {

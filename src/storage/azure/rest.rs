@@ -1,8 +1,9 @@
 //! The Blob REST calls adlsfs makes itself: List Blobs (object_store's delimiter listing
 //! fails a whole directory on one odd name, and omits metadata), HEAD (object_store does
-//! not surface Content-MD5), the writes (Put Blob, Put Block, Put Block List, with
-//! conditions object_store cannot put on a block commit) and Create Container (for
-//! fixtures). Authorised with the same credential as the object_store client.
+//! not surface Content-MD5), ranged GETs with the range's MD5 (object_store can't ask for
+//! it), the writes (Put Blob, Put Block, Put Block List, with conditions object_store
+//! cannot put on a block commit) and Create Container (for fixtures). Authorised with the
+//! same credential as the object_store client.
 //!
 //! Retried conditional writes: a write whose answer was lost (a broken connection, a
 //! timeout, a 5xx) is retried, and the retry may then meet the version its own earlier
@@ -16,13 +17,14 @@ use super::list_xml::{self, parse_http_date, quoted_etag};
 use super::shared_key;
 use crate::digest::{self, Md5Digest, XXH3_METADATA_KEY};
 use crate::storage::{
-    BlobMeta, BlobWrite, BlockId, DirListing, Metadata, Result, RetryPolicy, StagedBlock,
-    StorageError, WriteCondition,
+    check_md5_range, short_body, BlobMeta, BlobWrite, BlockId, CheckedRange, DirListing, Metadata,
+    Result, RetryPolicy, StagedBlock, StorageError, WriteCondition,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use object_store::azure::{AzureCredential, AzureCredentialProvider};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
+use std::ops::Range;
 use std::time::SystemTime;
 use url::Url;
 
@@ -131,6 +133,93 @@ impl RestClient {
             what: name.to_string(),
             message,
         })
+    }
+
+    /// Get Blob of `range` (1 byte to [`crate::storage::MAX_CHECKED_RANGE`], else refused
+    /// without a request) with `If-Match: etag` and `x-ms-range-get-content-md5: true`, the
+    /// body read whole, and the answer's `Content-MD5` as it came (`None` when absent; a
+    /// malformed one is an error). A body of the wrong length is the transient
+    /// `ShortBody`; the whole exchange, body included, is retried on transient faults.
+    pub async fn get_range_md5(
+        &self,
+        name: &str,
+        range: Range<u64>,
+        etag: &str,
+    ) -> Result<CheckedRange> {
+        check_md5_range(name, &range)?;
+        let url = self.blob_url(name)?;
+        let (first, last) = (range.start, range.end - 1);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-ms-range",
+            HeaderValue::from_str(&format!("bytes={first}-{last}")).expect("ASCII range"),
+        );
+        headers.insert(
+            "x-ms-range-get-content-md5",
+            HeaderValue::from_static("true"),
+        );
+        headers.insert(
+            "if-match",
+            HeaderValue::from_str(etag).map_err(|_| StorageError::Client {
+                what: name.to_string(),
+                message: format!("ETag {etag:?} is not a valid header value"),
+            })?,
+        );
+        let expected = range.end - range.start;
+        self.retry
+            .run(|| async {
+                let response = self
+                    .send_once(Method::GET, url.clone(), name, headers.clone(), None)
+                    .await?;
+                let unreadable = |message| StorageError::Client {
+                    what: name.to_string(),
+                    message,
+                };
+                let md5 = range_md5(response.headers()).map_err(unreadable)?;
+                let content_range = response.headers().get("content-range").cloned();
+                let data = self.body(name, response, expected).await?;
+                check_content_range(content_range.as_ref(), first, last).map_err(unreadable)?;
+                Ok(CheckedRange { data, md5 })
+            })
+            .await
+    }
+
+    /// A response body of `expected` bytes, each piece awaited at most the read timeout
+    /// (a stalled connection is a transient fault); more or fewer bytes are `ShortBody`.
+    async fn body(
+        &self,
+        name: &str,
+        mut response: reqwest::Response,
+        expected: u64,
+    ) -> Result<Bytes> {
+        let mut data = BytesMut::with_capacity(expected as usize);
+        loop {
+            let piece = tokio::time::timeout(self.retry.read_timeout, response.chunk())
+                .await
+                .map_err(|_| StorageError::Unreachable {
+                    endpoint: self.endpoint.to_string(),
+                    attempts: 1,
+                    elapsed: self.retry.read_timeout,
+                    cause: format!(
+                        "the body of {name} stalled for {:?}",
+                        self.retry.read_timeout
+                    ),
+                })?
+                .map_err(|e| transport_error(&self.endpoint, e))?;
+            let Some(piece) = piece else { break };
+            if (data.len() + piece.len()) as u64 > expected {
+                return Err(short_body(
+                    name,
+                    expected,
+                    (data.len() + piece.len()) as u64,
+                ));
+            }
+            data.extend_from_slice(&piece);
+        }
+        if data.len() as u64 != expected {
+            return Err(short_body(name, expected, data.len() as u64));
+        }
+        Ok(data.freeze())
     }
 
     /// Put Blob: one request, any blob name (odd ones included), user metadata as
@@ -522,6 +611,41 @@ fn version_from_headers(headers: &HeaderMap) -> Result<(String, SystemTime), Str
     Ok((etag, last_modified))
 }
 
+/// The `Content-MD5` of a ranged answer: `None` when absent, an error when it is not the
+/// base64 of 16 bytes (a claimed digest that can't be checked is not "no digest").
+fn range_md5(headers: &HeaderMap) -> Result<Option<Md5Digest>, String> {
+    let Some(value) = headers.get("content-md5") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| "the Content-MD5 header is not ASCII".to_string())?;
+    Md5Digest::from_base64(text)
+        .map(Some)
+        .map_err(|e| format!("unreadable Content-MD5 {text:?}: {e}"))
+}
+
+/// A `Content-Range` in the answer must name the bytes asked for (`bytes first-last/size`):
+/// an MD5 of other bytes would check the wrong extent. An answer without one (a 200 for
+/// the whole blob) is left to the length check.
+fn check_content_range(value: Option<&HeaderValue>, first: u64, last: u64) -> Result<(), String> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let text = value.to_str().unwrap_or("");
+    let served = text
+        .strip_prefix("bytes ")
+        .and_then(|r| r.split('/').next())
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)));
+    match served {
+        Some((a, b)) if (a, b) == (first, last) => Ok(()),
+        _ => Err(format!(
+            "asked for bytes {first}-{last}, the answer's Content-Range is {text:?}"
+        )),
+    }
+}
+
 fn blob_meta_from_headers(name: &str, headers: &HeaderMap) -> Result<BlobMeta, String> {
     let get = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     let size = get("content-length")
@@ -544,4 +668,37 @@ fn blob_meta_from_headers(name: &str, headers: &HeaderMap) -> Result<BlobMeta, S
         content_md5,
         metadata,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(name: &'static str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn a_range_md5_is_read_as_sent_and_a_malformed_one_is_an_error() {
+        let md5 = digest::md5(b"abc");
+        let headers = with("content-md5", &md5.to_base64());
+        assert_eq!(range_md5(&headers), Ok(Some(md5)));
+        assert_eq!(range_md5(&HeaderMap::new()), Ok(None));
+        for bad in ["not base64!", "YWJj", ""] {
+            assert!(range_md5(&with("content-md5", bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_content_range_must_be_the_range_asked_for() {
+        let value = HeaderValue::from_static("bytes 10-19/100");
+        assert!(check_content_range(Some(&value), 10, 19).is_ok());
+        assert!(check_content_range(Some(&value), 0, 9).is_err());
+        assert!(
+            check_content_range(Some(&HeaderValue::from_static("bytes */100")), 10, 19).is_err()
+        );
+        assert!(check_content_range(None, 10, 19).is_ok());
+    }
 }
