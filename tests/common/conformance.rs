@@ -4,6 +4,7 @@
 use adlsfs::digest::{self, XXH3_METADATA_KEY};
 use adlsfs::storage::{
     BlobMeta, BlobStore, BlobWrite, BlockId, Metadata, StagedBlock, StorageError, WriteCondition,
+    MAX_CHECKED_RANGE,
 };
 use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -412,4 +413,94 @@ async fn if_match_after_overwrite(store: &dyn BlobStore) {
 async fn missing_blob(store: &dyn BlobStore) {
     let err = store.head("no/such/blob").await.unwrap_err();
     assert!(matches!(err, StorageError::NotFound { .. }), "{err:?}");
+}
+
+/// [`BlobStore::read_range_md5`]: the bytes of the range with the MD5 of exactly those
+/// bytes, up to [`MAX_CHECKED_RANGE`] at any offset, for a Put Blob and a block list
+/// alike; If-Match as for reads; ranges it can't check refused without a request.
+pub async fn range_md5_reads(store: &dyn BlobStore) {
+    let max = MAX_CHECKED_RANGE;
+    assert_eq!(max, 4 << 20);
+    let data = super::pattern(10 << 20 | 5, 11);
+    let len = data.len() as u64;
+    let meta = store
+        .put("c/blob", Bytes::from(data.clone()), &Metadata::new())
+        .await
+        .unwrap();
+    for range in [0..max, 3..max + 3, len - max..len, 100..200, len - 1..len] {
+        let got = store
+            .read_range_md5("c/blob", range.clone(), &meta.etag)
+            .await
+            .unwrap_or_else(|e| panic!("{range:?}: {e}"));
+        let want = &data[range.start as usize..range.end as usize];
+        assert!(got.data == want, "the bytes of {range:?}");
+        assert_eq!(got.md5, Some(digest::md5(want)), "the MD5 of {range:?}");
+    }
+
+    // A block list has no Content-MD5 of its own; its ranges still get theirs.
+    let parts = vec![data[..1000].to_vec(), data[1000..3000].to_vec()];
+    let blocks = stage(store, "c/blocks", &parts).await;
+    let listed = store
+        .put_block_list(&BlobWrite::overwrite("c/blocks", &Metadata::new()), &blocks)
+        .await
+        .unwrap();
+    for range in [0..3000, 500..2500] {
+        let got = store
+            .read_range_md5("c/blocks", range.clone(), &listed.etag)
+            .await
+            .unwrap();
+        let want = &data[range.start as usize..range.end as usize];
+        assert!(got.data == want, "the bytes of {range:?}");
+        assert_eq!(got.md5, Some(digest::md5(want)), "the MD5 of {range:?}");
+    }
+
+    for range in [0..max + 1, 7..7, 0..len] {
+        let err = store
+            .read_range_md5("c/blob", range.clone(), &meta.etag)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StorageError::Client { .. }),
+            "{range:?}: {err:?}"
+        );
+    }
+
+    let newer = store
+        .put("c/blob", Bytes::from_static(b"replaced"), &Metadata::new())
+        .await
+        .unwrap();
+    let err = store
+        .read_range_md5("c/blob", 0..4, &meta.etag)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Changed { .. }), "{err:?}");
+    let got = store
+        .read_range_md5("c/blob", 0..4, &newer.etag)
+        .await
+        .unwrap();
+    assert_eq!(&got.data[..], b"repl");
+    assert_eq!(got.md5, Some(digest::md5(b"repl")));
+
+    // A missing blob fails as a read of it does: Azurite answers 412 to the If-Match
+    // (Changed), the fake 404 (NotFound); both mean the pinned version is gone.
+    let err = store
+        .read_range_md5("c/missing", 0..4, &meta.etag)
+        .await
+        .unwrap_err();
+    let read_err = store
+        .read("c/missing", Some(0..4), &meta.etag)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::NotFound { .. } | StorageError::Changed { .. }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::mem::discriminant(&err),
+        std::mem::discriminant(&read_err),
+        "{err:?} against {read_err:?}"
+    );
 }
