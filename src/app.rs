@@ -260,7 +260,14 @@ pub fn build_fetcher(
     cache_dir: &Path,
     store: Arc<AzureStore>,
 ) -> Arc<dyn Fetcher> {
-    let native = Arc::new(NativeFetcher::new(store.clone(), config.native));
+    let mut native = config.native;
+    // On plain HTTP nothing but the range MD5 protects a byte served before the whole
+    // file is verified.
+    if !store.is_https() && !config.verify.before_read {
+        native.check_ranges = true;
+    }
+    tracing::debug!(check_ranges = native.check_ranges, "native fetcher ready");
+    let native = Arc::new(NativeFetcher::new(store.clone(), native));
     let azcopy = match config.mode {
         FetcherMode::Native => None,
         FetcherMode::Auto | FetcherMode::Azcopy => {

@@ -277,6 +277,14 @@ pub struct FetchArgs {
     /// Refuse (EIO) blobs with neither an xxh3_128 digest in metadata nor Content-MD5
     #[arg(long, env = "ADLSFS_REQUIRE_DIGEST")]
     pub require_digest: bool,
+    /// Serve no byte of a file before the whole file is downloaded and verified (by
+    /// default reads are served during the download from landed, transit-protected ranges)
+    #[arg(long, env = "ADLSFS_VERIFY_BEFORE_READ")]
+    pub verify_before_read: bool,
+    /// Fetch every range as at most 4 MiB checked against the service's range MD5, on
+    /// HTTPS too (always so on plain-HTTP endpoints while reads are served during the fetch)
+    #[arg(long, env = "ADLSFS_CHECK_RANGES")]
+    pub check_ranges: bool,
     /// Ranged GETs in flight per download (native fetcher)
     #[arg(long, env = "ADLSFS_NATIVE_PARALLELISM", default_value_t = 8)]
     pub native_parallelism: usize,
@@ -309,10 +317,12 @@ impl FetchArgs {
             mode: self.fetcher.into(),
             verify: VerifyPolicy {
                 require_digest: self.require_digest,
+                before_read: self.verify_before_read,
             },
             native: NativeConfig {
                 chunk_size: self.native_chunk_size,
                 parallelism: self.native_parallelism,
+                check_ranges: self.check_ranges,
                 retry,
             },
             azcopy_path: self.azcopy_path.clone(),

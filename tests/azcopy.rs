@@ -521,6 +521,7 @@ fn auto_is_native_first_without_a_threshold() {
     fx.put("model.bin", &pattern(24 << 20, 34));
     let mount = fx.mount(&[]);
     std::fs::read(mount.path().join("model.bin")).unwrap();
+    mount.settled_metrics();
     let log = mount.log();
     // azcopy was there to be used: auto chose native all the same.
     assert!(log.contains("azcopy fetcher ready"), "{log}");

@@ -8,8 +8,10 @@ use adlsfs::metrics::{CACHE_HITS, CACHE_MISSES, FETCHES, FETCH_FAILURES, VERIFIC
 use adlsfs::storage::BlobStore;
 use bytes::Bytes;
 use common::fixture::Fixture;
+use common::mount::Mount;
 use common::proxy::Fault;
 use common::{pattern, rt, stderr, with_digest};
+use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,7 +54,8 @@ fn transient_faults_are_retried_and_the_bytes_are_right() {
 }
 
 #[test]
-fn a_byte_flipped_in_transit_is_downloaded_again_and_the_reader_gets_the_right_bytes() {
+fn in_whole_file_mode_a_byte_flipped_in_transit_is_downloaded_again_and_the_reader_gets_the_right_bytes(
+) {
     let fx = Fixture::builder().proxy().start();
     let proxy = fx.proxy();
     let data = pattern(8 << 20, 62);
@@ -64,8 +67,10 @@ fn a_byte_flipped_in_transit_is_downloaded_again_and_the_reader_gets_the_right_b
         "4M",
         "--native-parallelism",
         "2",
+        "--verify-before-read",
     ]);
-    // Plain HTTP, headers kept: only the whole-file digest can see it.
+    // Plain HTTP, headers kept, no range checks without early reads: only the whole-file
+    // digest can see it.
     proxy.add("GET", "/flip.bin", true, Fault::FlipByte, 1);
     let got = std::fs::read(mount.path().join("flip.bin")).unwrap();
     assert!(got == data, "a flipped byte reached the reader");
@@ -82,14 +87,17 @@ fn a_byte_flipped_in_transit_is_downloaded_again_and_the_reader_gets_the_right_b
     assert_eq!(fx.cached().len(), 1);
 }
 
-#[test]
-fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
-    let fx = Fixture::builder().proxy().start();
+/// Serves `old` as v.bin through a mount reading 1 MiB ranges one at a time, and replaces
+/// the blob with `new` just before the second ranged GET.
+fn overwritten_before_the_second_range(
+    fx: &Fixture,
+    old: &[u8],
+    new: &[u8],
+    args: &[&str],
+) -> Mount {
     let proxy = fx.proxy();
-    let old = pattern(4 << 20, 62);
-    let new = pattern(4 << 20, 63);
-    fx.put("v.bin", &old);
-    let mount = fx.mount(&[
+    fx.put("v.bin", old);
+    let mut all = vec![
         "--fetcher",
         "native",
         "--native-chunk-size",
@@ -98,9 +106,10 @@ fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
         "1",
         "--metadata-ttl",
         "1s",
-    ]);
-    // The first ranged GET goes through; before the second, the blob is replaced.
-    let (s, n) = (Arc::clone(&fx.store), new.clone());
+    ];
+    all.extend_from_slice(args);
+    let mount = fx.mount(&all);
+    let (s, n) = (Arc::clone(&fx.store), new.to_vec());
     proxy.add(
         "GET",
         "/v.bin",
@@ -123,6 +132,14 @@ fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
         })),
         1,
     );
+    mount
+}
+
+#[test]
+fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
+    let fx = Fixture::builder().proxy().start();
+    let (old, new) = (pattern(4 << 20, 62), pattern(4 << 20, 63));
+    let mount = overwritten_before_the_second_range(&fx, &old, &new, &["--verify-before-read"]);
     // The download of the old version fails on If-Match; the kernel looks the path up
     // again (ESTALE) and opens the new version: never a mix, never the stale bytes.
     let got = std::fs::read(mount.path().join("v.bin")).unwrap();
@@ -148,6 +165,50 @@ fn a_blob_overwritten_mid_fetch_never_mixes_versions() {
         1,
         "only the new version is cached: {entries:?}"
     );
+}
+
+#[test]
+fn a_blob_overwritten_while_it_streams_gives_old_bytes_then_eio_and_the_new_version_after_the_ttl()
+{
+    let fx = Fixture::builder().proxy().start();
+    let (old, new) = (pattern(4 << 20, 62), pattern(4 << 20, 63));
+    let mount = overwritten_before_the_second_range(&fx, &old, &new, &[]);
+    let path = mount.path().join("v.bin");
+    // The open returns once the first range confirmed the old version; what is read is
+    // the old version's, until the next range meets If-Match and everything fails.
+    let mut file = std::fs::File::open(&path).unwrap();
+    let mut got = Vec::new();
+    let err = file.read_to_end(&mut got).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        got.len() < old.len() && got == old[..got.len()],
+        "only old bytes, {} of them",
+        got.len()
+    );
+    // The close after the failure says so too.
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    // SAFETY: fd was just released by the File, closed once here.
+    assert_eq!(
+        unsafe { libc::close(fd) },
+        -1,
+        "close() reports the failure"
+    );
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EIO)
+    );
+    let metrics = mount.metrics();
+    assert_eq!(metrics.failures("changed"), 1.0, "{metrics}");
+    assert_eq!(metrics.fetcher(FETCHES, "native"), 0.0, "{metrics}");
+    // After the TTL the listing shows the new version, a new inode, a new download.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        std::fs::read(&path).unwrap() == new,
+        "the new version after the TTL"
+    );
+    mount.settled_metrics();
+    assert_eq!(fx.temporaries(), 0);
+    assert_eq!(fx.cached().len(), 1, "only the new version is cached");
 }
 
 #[test]
@@ -182,7 +243,7 @@ fn a_spent_retry_budget_is_eio_and_the_next_open_tries_afresh() {
         std::fs::read(mount.path().join("down.bin")).unwrap() == data,
         "no poisoned negative cache"
     );
-    let metrics = mount.metrics();
+    let metrics = mount.settled_metrics();
     assert_eq!(metrics.get(CACHE_MISSES), 2.0, "{metrics}");
     assert_eq!(metrics.fetcher(FETCHES, "native"), 1.0, "{metrics}");
 }
@@ -260,7 +321,7 @@ fn a_stalled_azcopy_is_killed_and_the_file_is_fetched_natively() {
         log.contains("no progress") && log.contains("falling back to the native fetcher"),
         "{log}"
     );
-    let metrics = mount.metrics();
+    let metrics = mount.settled_metrics();
     assert_eq!(metrics.fetcher(FETCHES, "native"), 1.0, "{metrics}");
     assert_eq!(metrics.fetcher(FETCHES, "azcopy"), 0.0, "{metrics}");
     assert!(proxy.count("/az.bin?") > 0, "azcopy was asked first");
@@ -429,7 +490,8 @@ fn prefetch_through_faults_gets_every_file_right_or_names_it() {
 
     // Every cached byte is right: a mount reading them downloads nothing more.
     proxy.clear();
-    let mount = fx.mount(&[]);
+    // Whole-file mode: the bad one fails at open, after two downloads.
+    let mount = fx.mount(&["--verify-before-read"]);
     for (name, data) in &files {
         assert!(
             std::fs::read(mount.path().join(name)).unwrap() == *data,

@@ -13,7 +13,7 @@ use adlsfs::fs::{AdlsFs, Attr, FsConfig, FsError, Ino, Kind, ROOT_INO};
 use adlsfs::location::Location;
 use adlsfs::materialise::verify::VerifyPolicy;
 use adlsfs::materialise::Materialiser;
-use adlsfs::storage::faulty::FaultyStore;
+use adlsfs::storage::faulty::{Damage, FaultyStore, Op};
 use adlsfs::storage::memory::MemoryStore;
 use adlsfs::storage::{BlobMeta, BlobStore, Metadata};
 use bytes::Bytes;
@@ -69,6 +69,8 @@ impl Mount {
         Self::on_cache(store, location, require_digest, config, cache_dir)
     }
 
+    /// Opens wait for the verified file (`--verify-before-read`): the cache and inode
+    /// behaviour these tests look at shows without a download still running.
     fn on_cache(
         store: Arc<dyn BlobStore>,
         location: &str,
@@ -76,21 +78,54 @@ impl Mount {
         config: FsConfig,
         cache_dir: TempDir,
     ) -> Self {
+        let policy = VerifyPolicy {
+            require_digest,
+            before_read: true,
+        };
+        Self::build(store, location, policy, config, cache_dir)
+    }
+
+    /// The default: reads are served while the file arrives, fetched by `native`.
+    fn streaming(store: Arc<dyn BlobStore>, native: NativeConfig) -> Self {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let policy = VerifyPolicy::default();
+        Self::build_with(
+            store,
+            "adls://acct/box",
+            policy,
+            config(),
+            cache_dir,
+            native,
+        )
+    }
+
+    fn build(
+        store: Arc<dyn BlobStore>,
+        location: &str,
+        policy: VerifyPolicy,
+        config: FsConfig,
+        cache_dir: TempDir,
+    ) -> Self {
+        let native = NativeConfig {
+            chunk_size: CHUNK,
+            parallelism: 4,
+            ..NativeConfig::default()
+        };
+        Self::build_with(store, location, policy, config, cache_dir, native)
+    }
+
+    fn build_with(
+        store: Arc<dyn BlobStore>,
+        location: &str,
+        policy: VerifyPolicy,
+        config: FsConfig,
+        cache_dir: TempDir,
+        native: NativeConfig,
+    ) -> Self {
         let cache = Arc::new(Cache::open(cache_dir.path()).unwrap());
-        let fetcher = Arc::new(NativeFetcher::new(
-            Arc::clone(&store),
-            NativeConfig {
-                chunk_size: CHUNK,
-                parallelism: 4,
-                ..NativeConfig::default()
-            },
-        ));
+        let fetcher = Arc::new(NativeFetcher::new(Arc::clone(&store), native));
         let location: Location = location.parse().unwrap();
-        let materialiser = Arc::new(Materialiser::new(
-            Arc::clone(&cache),
-            fetcher,
-            VerifyPolicy { require_digest },
-        ));
+        let materialiser = Arc::new(Materialiser::new(Arc::clone(&cache), fetcher, policy));
         let fs = Arc::new(AdlsFs::new(location.clone(), store, materialiser, config));
         Self {
             fs,
@@ -160,10 +195,10 @@ fn errno<T: std::fmt::Debug>(result: Result<T, FsError>) -> i32 {
 }
 
 /// Reads a whole open file through `fs.read`, in pieces that straddle chunk boundaries.
-fn read_all(fs: &AdlsFs, fh: u64) -> Vec<u8> {
+async fn read_all(fs: &AdlsFs, fh: u64) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let piece = fs.read(fh, out.len() as u64, 100_000).unwrap();
+        let piece = fs.read(fh, out.len() as u64, 100_000).await.unwrap();
         if piece.is_empty() {
             return out;
         }
@@ -304,18 +339,22 @@ async fn open_materialises_verified_bytes_once_into_the_cache() {
     let open = fs.open(ino, false).await.unwrap();
     assert_eq!(open.ino, ino);
     assert_eq!(store.read_count(), chunks, "one ranged GET per chunk");
-    assert!(read_all(fs, open.fh) == data, "bytes differ from the blob");
+    assert!(
+        read_all(fs, open.fh).await == data,
+        "bytes differ from the blob"
+    );
     let across = MIB as u64 - 500; // straddles a chunk boundary
     assert_eq!(
-        fs.read(open.fh, across, 600).unwrap(),
+        fs.read(open.fh, across, 600).await.unwrap(),
         data[MIB - 500..MIB + 100]
     );
     assert_eq!(
-        fs.read(open.fh, data.len() as u64 - 3, 100).unwrap(),
+        fs.read(open.fh, data.len() as u64 - 3, 100).await.unwrap(),
         data[data.len() - 3..]
     );
     assert!(fs
         .read(open.fh, data.len() as u64 + 10, 100)
+        .await
         .unwrap()
         .is_empty());
 
@@ -323,14 +362,14 @@ async fn open_materialises_verified_bytes_once_into_the_cache() {
     let again = fs.open(ino, false).await.unwrap();
     assert_ne!(again.fh, open.fh);
     fs.release(open.fh);
-    assert_eq!(errno(fs.read(open.fh, 0, 10)), libc::EBADF);
+    assert_eq!(errno(fs.read(open.fh, 0, 10).await), libc::EBADF);
     let third = fs.open(ino, false).await.unwrap();
     assert_eq!(
         store.read_count(),
         chunks,
         "a cached file is not downloaded again"
     );
-    assert!(read_all(fs, third.fh) == data);
+    assert!(read_all(fs, third.fh).await == data);
     fs.release(again.fh);
     fs.release(third.fh);
 
@@ -338,7 +377,7 @@ async fn open_materialises_verified_bytes_once_into_the_cache() {
     let empty_ino = resolve(fs, "dir/empty").await.unwrap().ino;
     let e = fs.open(empty_ino, false).await.unwrap();
     assert_eq!(store.read_count(), chunks + 1);
-    assert!(fs.read(e.fh, 0, 4096).unwrap().is_empty());
+    assert!(fs.read(e.fh, 0, 4096).await.unwrap().is_empty());
     fs.release(e.fh);
     fs.open(empty_ino, false).await.unwrap();
     assert_eq!(store.read_count(), chunks + 1);
@@ -360,7 +399,7 @@ async fn open_materialises_verified_bytes_once_into_the_cache() {
     let other = Mount::on_cache(store.clone(), "adls://acct/box", false, config(), cache_dir);
     let ino = resolve(&other.fs, "dir/big.bin").await.unwrap().ino;
     let o = other.fs.open(ino, false).await.unwrap();
-    assert!(read_all(&other.fs, o.fh) == data);
+    assert!(read_all(&other.fs, o.fh).await == data);
     assert_eq!(
         store.read_count(),
         chunks + 1,
@@ -386,7 +425,7 @@ async fn concurrent_opens_of_a_cold_file_download_it_once() {
             tokio::spawn(async move {
                 barrier.wait().await;
                 let open = fs.open(ino, false).await.unwrap();
-                assert!(read_all(&fs, open.fh) == *data, "bytes differ");
+                assert!(read_all(&fs, open.fh).await == *data, "bytes differ");
                 open.fh
             })
         })
@@ -468,7 +507,7 @@ async fn require_digest_accepts_content_md5_without_xxh3_metadata() {
     let m = Mount::with(store.clone(), "adls://acct/box", true, config());
     let ino = resolve(&m.fs, "md5only").await.unwrap().ino;
     let open = m.fs.open(ino, false).await.unwrap();
-    assert!(read_all(&m.fs, open.fh) == data);
+    assert!(read_all(&m.fs, open.fh).await == data);
     assert_eq!(m.v1_files().len(), 1);
 }
 
@@ -491,7 +530,7 @@ async fn require_digest_refuses_a_blob_with_no_digest_at_all() {
     let lenient = Mount::new(store.clone(), "adls://acct/box");
     let bare = resolve(&lenient.fs, "bare").await.unwrap().ino;
     let open = lenient.fs.open(bare, false).await.unwrap();
-    assert!(read_all(&lenient.fs, open.fh) == data);
+    assert!(read_all(&lenient.fs, open.fh).await == data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -509,7 +548,7 @@ async fn a_wrong_content_md5_fails_with_eio_when_there_is_no_xxh3() {
     // With xxh3 metadata, the (slow) MD5 is not consulted.
     let good = resolve(&m.fs, "xxh3good").await.unwrap().ino;
     let open = m.fs.open(good, false).await.unwrap();
-    assert!(read_all(&m.fs, open.fh) == data);
+    assert!(read_all(&m.fs, open.fh).await == data);
 }
 
 // 5 ───────────────────────────────────────────────────────────────────────────────────────
@@ -697,7 +736,7 @@ async fn xattrs_give_digests_uri_and_etag() {
         digest::xxh3_128(&plain).as_bytes()
     );
     let open = fs.open(nodigest, false).await.unwrap();
-    assert!(read_all(fs, open.fh) == plain);
+    assert!(read_all(fs, open.fh).await == plain);
     assert_eq!(store.read_count(), reads, "hashed once, downloaded once");
 
     // Directories have no attributes.
@@ -759,12 +798,12 @@ async fn the_mount_is_read_only_and_kinds_are_enforced() {
     assert_eq!(errno(fs.lookup(ROOT_INO, "missing").await), libc::ENOENT);
     assert_eq!(errno(fs.getattr(987_654)), libc::ENOENT);
     assert_eq!(errno(fs.open(987_654, false).await), libc::ENOENT);
-    assert_eq!(errno(fs.read(424_242, 0, 10)), libc::EBADF);
+    assert_eq!(errno(fs.read(424_242, 0, 10).await), libc::EBADF);
     assert!(m.v1_files().is_empty());
 
     // A read-only open still works.
     let open = fs.open(file, false).await.unwrap();
-    assert_eq!(fs.read(open.fh, 0, 100).unwrap(), b"content");
+    assert_eq!(fs.read(open.fh, 0, 100).await.unwrap(), b"content");
 }
 
 // 8 ───────────────────────────────────────────────────────────────────────────────────────
@@ -807,7 +846,7 @@ async fn a_changed_blob_gets_a_new_inode_after_the_ttl_and_old_handles_keep_old_
     assert_eq!(fs.lookup(ROOT_INO, "added").await.unwrap().size, 1);
 
     // The old handle reads the old version; the old inode still answers.
-    assert!(read_all(fs, old_open.fh) == old);
+    assert!(read_all(fs, old_open.fh).await == old);
     assert_eq!(fs.getattr(first.ino).unwrap().size, old.len() as u64);
     assert_eq!(
         fs.getxattr(first.ino, "user.adls.etag").await.unwrap(),
@@ -820,8 +859,8 @@ async fn a_changed_blob_gets_a_new_inode_after_the_ttl_and_old_handles_keep_old_
 
     // The new inode opens the new version, while the old handle is still readable.
     let new_open = fs.open(second.ino, false).await.unwrap();
-    assert!(read_all(fs, new_open.fh) == new);
-    assert!(read_all(fs, old_open.fh) == old);
+    assert!(read_all(fs, new_open.fh).await == new);
+    assert!(read_all(fs, old_open.fh).await == old);
     assert_eq!(m.v1_files().len(), 2, "each version is its own cache entry");
 
     // A directory handle keeps reading the snapshot it took at offset 0.
@@ -885,4 +924,201 @@ async fn listing_locks_do_not_outlive_their_listings() {
         0,
         "no listing lock outlived its listing"
     );
+}
+
+// 12 reads during the fetch ──────────────────────────────────────────────────────────────
+
+/// One 64 KiB range at a time, each answered after `delay`: a download that takes a
+/// while, so what happens before its end can be seen.
+fn slow(store: &Arc<FaultyStore>, delay: Duration) -> NativeConfig {
+    store.delay(Op::Read, delay);
+    NativeConfig {
+        chunk_size: CHUNK,
+        parallelism: 1,
+        ..NativeConfig::default()
+    }
+}
+
+async fn put_slow_file(size: usize, delay: Duration) -> (Arc<FaultyStore>, Mount, Vec<u8>, Ino) {
+    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
+    let data = pattern(size, 12);
+    put(store.as_ref(), "s.bin", &data, true).await;
+    let native = slow(&store, delay);
+    let m = Mount::streaming(store.clone(), native);
+    let ino = resolve(&m.fs, "s.bin").await.unwrap().ino;
+    (store, m, data, ino)
+}
+
+/// Waits until the file's download is published (its cache entry is there).
+async fn published(m: &Mount) {
+    for _ in 0..500 {
+        if !m.v1_files().is_empty() && m.tmp_files().is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the download was never published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_returns_before_the_file_lands_and_each_read_waits_only_for_its_bytes() {
+    // 32 ranges of 64 KiB, 30 ms each: about a second for the whole file.
+    let (store, m, data, ino) = put_slow_file(2 * MIB, Duration::from_millis(30)).await;
+    let started = std::time::Instant::now();
+    let open = m.fs.open(ino, false).await.unwrap();
+    let head = m.fs.read(open.fh, 0, 4096).await.unwrap();
+    let first_bytes = started.elapsed();
+    assert!(head == data[..4096]);
+    assert!(
+        first_bytes < Duration::from_millis(400),
+        "the first 4 KiB took {first_bytes:?}"
+    );
+    assert!(
+        m.v1_files().is_empty(),
+        "nothing is published before the whole file"
+    );
+    assert!(read_all(&m.fs, open.fh).await == data);
+    published(&m).await;
+    assert_eq!(
+        store.bytes_read(),
+        data.len() as u64,
+        "every byte fetched once"
+    );
+    m.fs.flush(open.fh).unwrap();
+    m.fs.release(open.fh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_far_from_the_download_front_fetches_its_own_range_at_once() {
+    let (store, m, data, ino) = put_slow_file(4 * MIB, Duration::from_millis(30)).await;
+    let open = m.fs.open(ino, false).await.unwrap();
+    let started = std::time::Instant::now();
+    let tail_at = data.len() as u64 - 65536;
+    let tail = m.fs.read(open.fh, tail_at, 65536).await.unwrap();
+    let took = started.elapsed();
+    assert!(tail == data[tail_at as usize..]);
+    // The background would need about two seconds to get there.
+    assert!(
+        took < Duration::from_millis(500),
+        "the footer took {took:?}"
+    );
+    assert!(read_all(&m.fs, open.fh).await == data);
+    published(&m).await;
+    assert_eq!(
+        store.bytes_read(),
+        data.len() as u64,
+        "the footer's range was not fetched twice"
+    );
+    m.fs.release(open.fh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sixteen_readers_at_different_offsets_share_one_download() {
+    let (store, m, data, ino) = put_slow_file(4 * MIB, Duration::from_millis(5)).await;
+    let data = Arc::new(data);
+    let readers: Vec<_> = (0..16u64)
+        .map(|i| {
+            let (fs, data) = (Arc::clone(&m.fs), Arc::clone(&data));
+            tokio::spawn(async move {
+                let open = fs.open(ino, false).await.unwrap();
+                // Each reads 256 KiB sequentially from its own offset, in 128 KiB reads.
+                let start = i * (data.len() as u64 / 16) + 12_345;
+                for k in 0..2u64 {
+                    let at = start + k * 131072;
+                    let got = fs.read(open.fh, at, 131072).await.unwrap();
+                    let end = (at as usize + 131072).min(data.len());
+                    assert!(got == data[at as usize..end], "reader {i} at {at}");
+                }
+                fs.release(open.fh);
+            })
+        })
+        .collect();
+    for r in readers {
+        r.await.unwrap();
+    }
+    published(&m).await;
+    let fetched = store.bytes_read();
+    assert!(
+        fetched as f64 <= 1.05 * data.len() as f64,
+        "{fetched} bytes fetched for {}",
+        data.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_final_check_fails_the_reads_and_flushes_of_every_open_handle() {
+    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
+    let data = pattern(2 * MIB, 13);
+    store
+        .put(
+            "bad.bin",
+            Bytes::from(data.clone()),
+            &common::with_digest(b"other"),
+        )
+        .await
+        .unwrap();
+    let native = slow(&store, Duration::from_millis(10));
+    let m = Mount::streaming(store.clone(), native);
+    let ino = resolve(&m.fs, "bad.bin").await.unwrap().ino;
+    let (a, b) = (
+        m.fs.open(ino, false).await.unwrap(),
+        m.fs.open(ino, false).await.unwrap(),
+    );
+    assert!(
+        m.fs.read(a.fh, 0, 4096).await.unwrap() == data[..4096],
+        "served early"
+    );
+    m.fs.flush(a.fh)
+        .expect("no verdict yet: a flush does not wait for it");
+    // The verdict comes after the last byte: reading to the end gets there.
+    let mut at = 0u64;
+    let err = loop {
+        match m.fs.read(b.fh, at, 131072).await {
+            Ok(piece) if piece.is_empty() => panic!("read to the end without an error"),
+            Ok(piece) => at += piece.len() as u64,
+            Err(e) => break e,
+        }
+        // The last bytes land just before the check: give it its moment.
+        if at == data.len() as u64 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            at = 0;
+        }
+    };
+    assert_eq!(err.errno(), libc::EIO, "{err}");
+    for open in [&a, &b] {
+        assert_eq!(errno(m.fs.read(open.fh, 0, 10).await), libc::EIO);
+        assert_eq!(errno(m.fs.flush(open.fh)), libc::EIO);
+    }
+    assert!(
+        m.v1_files().is_empty() && m.tmp_files().is_empty(),
+        "nothing cached or left"
+    );
+    // One download: bytes served are never fetched again to be checked a second time.
+    assert_eq!(store.bytes_read(), data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checked_range_that_was_damaged_is_fetched_again_and_never_served() {
+    let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
+    let data = pattern(6 * MIB, 14);
+    put(store.as_ref(), "c.bin", &data, true).await;
+    // The next read is the first range's: one byte of it flipped, its MD5 as sent.
+    store.damage_reads(1, Damage::FlipByte(7));
+    let native = NativeConfig {
+        chunk_size: 8 << 20,
+        parallelism: 1,
+        check_ranges: true,
+        ..NativeConfig::default()
+    };
+    let m = Mount::streaming(store.clone(), native);
+    let ino = resolve(&m.fs, "c.bin").await.unwrap().ino;
+    let open = m.fs.open(ino, false).await.unwrap();
+    assert!(
+        read_all(&m.fs, open.fh).await == data,
+        "the flipped byte never reached the reader"
+    );
+    published(&m).await;
+    // Ranges of at most 4 MiB, the damaged first one twice.
+    assert_eq!(store.bytes_read(), data.len() as u64 + 4 * MIB as u64);
+    m.fs.flush(open.fh).unwrap();
 }

@@ -7,10 +7,10 @@ use adlsfs::digest::xxh3_128;
 use adlsfs::metrics::{CACHE_MISSES, FETCH_FAILURES, VERIFICATION_FAILURES};
 use adlsfs::storage::{BlobStore, Metadata};
 use common::fixture::Fixture;
-use common::{pattern, walk};
+use common::{pattern, wait_until, walk};
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::process::Command;
@@ -165,11 +165,60 @@ fn tree_bytes_and_digests_match_the_uploaded_fixtures() {
 }
 
 #[test]
-fn a_wrong_digest_fails_with_eio_and_caches_nothing() {
+fn a_wrong_digest_found_after_reads_began_fails_every_later_read_and_the_close() {
+    let fx = Fixture::start();
+    let data = pattern(32 << 20, 1);
+    fx.put_claiming("bad.bin", &data, b"other bytes");
+    // One 1 MiB range at a time: the whole-file verdict comes long after the first range.
+    let mount = fx.mount(&["--native-parallelism", "1", "--native-chunk-size", "1M"]);
+    let mut file = fs::File::open(mount.path().join("bad.bin")).unwrap();
+    let mut head = vec![0u8; 64 << 10];
+    file.read_exact(&mut head).unwrap();
+    assert!(
+        head == data[..head.len()],
+        "the head is served while the file arrives"
+    );
+    wait_until("the final check to fail", || {
+        mount.metrics().failures("corrupt") == 1.0
+    });
+    file.seek(std::io::SeekFrom::Start(20 << 20)).unwrap();
+    let err = file.read(&mut head).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    // SAFETY: fd was just released by the File, closed once here.
+    assert_eq!(
+        unsafe { libc::close(fd) },
+        -1,
+        "close() reports the failed check"
+    );
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EIO)
+    );
+    let metrics = mount.metrics();
+    // Bytes were served: no second download, whose bytes might differ from those.
+    assert_eq!(metrics.get(VERIFICATION_FAILURES), 1.0, "{metrics}");
+    assert_eq!(metrics.total(FETCH_FAILURES), 1.0, "{metrics}");
+    let log = mount.log();
+    let lines: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("bad.bin") && l.contains("mismatch"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one log line names the blob and the cause: {log}"
+    );
+    assert_eq!(fx.cached_blobs(), Vec::<String>::new());
+    assert_eq!(fx.temporaries(), 0, "temporary left behind");
+}
+
+#[test]
+fn in_whole_file_mode_a_wrong_digest_fails_with_eio_and_caches_nothing() {
     let fx = Fixture::start();
     fx.put_claiming("bad.bin", &pattern(100_000, 1), b"other bytes");
     fx.put("good.bin", b"good");
-    let mount = fx.mount(&[]);
+    let mount = fx.mount(&["--verify-before-read"]);
 
     let err = fs::read(mount.path().join("bad.bin")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
@@ -240,9 +289,7 @@ fn ls_of_another_directory_returns_while_a_large_download_runs() {
     let big = mount.path().join("slow/big.bin");
     let reader = std::thread::spawn(move || {
         let start = Instant::now();
-        let mut f = fs::File::open(big).unwrap();
-        let mut first = [0u8; 1];
-        f.read_exact(&mut first).unwrap();
+        fs::read(big).unwrap();
         start.elapsed()
     });
     std::thread::sleep(Duration::from_millis(300));

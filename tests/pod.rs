@@ -252,15 +252,16 @@ fn sigterm_during_a_download_unmounts_cleanly_and_leaves_no_temporary() {
     fx.upload("big.bin", &pattern(160 << 20, 5));
     let mut mount = fx.mount(&[&SLOW_NATIVE[..], &["--drain-timeout", "500ms"]].concat());
     let path = mount.path().join("big.bin");
-    let reader =
-        std::thread::spawn(move || std::fs::File::open(path).map(|mut f| f.read(&mut [0u8; 1])));
+    let reader = std::thread::spawn(move || {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut Vec::new()))
+    });
     wait_until("the download to start", || fx.temporaries() > 0);
     let status = mount.stop();
     assert!(status.success(), "exit status {status}\n{}", mount.log());
     assert!(!is_mounted(&mount.path()));
     assert!(
         reader.join().unwrap().is_err(),
-        "the interrupted open fails"
+        "the interrupted read fails"
     );
     assert_eq!(fx.temporaries(), 0, "no temporary left");
     assert!(mount.log().contains("draining"), "{}", mount.log());
@@ -273,7 +274,14 @@ fn metrics_endpoint_and_stats_count_what_happens() {
     fx.put("m.bin", &data);
     fx.put_claiming("bad.bin", b"x", b"y");
     let addr = format!("127.0.0.1:{}", common::free_port());
-    let mount = fx.mount(&["--metrics-addr", &addr, "--fetcher", "native"]);
+    // Whole-file mode, so the bad blob's refusals are counted before its read returns.
+    let mount = fx.mount(&[
+        "--metrics-addr",
+        &addr,
+        "--fetcher",
+        "native",
+        "--verify-before-read",
+    ]);
     let scrape = || {
         let mut conn = std::net::TcpStream::connect(&addr).unwrap();
         conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -8,7 +8,8 @@
 //! says so, and nobody waits for bytes that will never come.
 
 use std::ops::Range;
-use tokio::sync::watch;
+use std::sync::Mutex;
+use tokio::sync::{watch, Notify};
 
 /// Disjoint, sorted, non-empty byte ranges; touching ranges are merged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -64,12 +65,55 @@ impl RangeSet {
     pub fn ranges(&self) -> &[Range<u64>] {
         &self.ranges
     }
+
+    /// Takes `r` out of the set.
+    pub fn remove(&mut self, r: Range<u64>) {
+        if r.is_empty() {
+            return;
+        }
+        let first = self.ranges.partition_point(|x| x.end <= r.start);
+        let last = self.ranges.partition_point(|x| x.start < r.end);
+        if first >= last {
+            return;
+        }
+        let mut kept = Vec::with_capacity(2);
+        let (head, tail) = (&self.ranges[first], &self.ranges[last - 1]);
+        if head.start < r.start {
+            kept.push(head.start..r.start);
+        }
+        if tail.end > r.end {
+            kept.push(r.end..tail.end);
+        }
+        self.ranges.splice(first..last, kept);
+    }
+
+    /// The parts of `r` that are in the set, in order.
+    pub fn within(&self, r: &Range<u64>) -> Vec<Range<u64>> {
+        if r.is_empty() {
+            return Vec::new();
+        }
+        let first = self.ranges.partition_point(|x| x.end <= r.start);
+        self.ranges[first..]
+            .iter()
+            .take_while(|x| x.start < r.end)
+            .map(|x| x.start.max(r.start)..x.end.min(r.end))
+            .collect()
+    }
+
+    /// The first run of the set that ends after `at`, clipped to start no earlier than it.
+    pub fn first_from(&self, at: u64) -> Option<Range<u64>> {
+        let i = self.ranges.partition_point(|x| x.end <= at);
+        self.ranges.get(i).map(|x| x.start.max(at)..x.end)
+    }
 }
 
-/// What waiters see: the landed ranges, and whether the download has ended.
+/// What waiters see: the landed ranges, whether the service has confirmed the pinned
+/// version (the first ranged GET with `If-Match` was answered), and whether the download
+/// has ended.
 #[derive(Debug, Clone, Default)]
 pub struct LandedState {
     pub ranges: RangeSet,
+    pub confirmed: bool,
     pub ended: bool,
 }
 
@@ -80,11 +124,15 @@ pub struct NeverLanded {
     pub wanted: Range<u64>,
 }
 
-/// The landed bytes of one download, shared by its writer and its waiters.
+/// The landed bytes of one download, shared by its writer and its waiters, and the
+/// ranges readers are waiting for (demands), which a fetcher that can fetch out of order
+/// serves first.
 #[derive(Debug)]
 pub struct Landed {
     size: u64,
     state: watch::Sender<LandedState>,
+    demands: Mutex<Vec<Range<u64>>>,
+    demanded: Notify,
 }
 
 impl Landed {
@@ -92,6 +140,8 @@ impl Landed {
         Self {
             size,
             state: watch::Sender::new(LandedState::default()),
+            demands: Mutex::new(Vec::new()),
+            demanded: Notify::new(),
         }
     }
 
@@ -111,6 +161,57 @@ impl Landed {
     /// Marks the download as over: waiters for bytes not landed give up.
     pub fn end(&self) {
         self.state.send_modify(|s| s.ended = true);
+    }
+
+    /// The service answered a ranged GET pinned to the version: readers may start.
+    pub fn confirm(&self) {
+        self.state
+            .send_if_modified(|s| !std::mem::replace(&mut s.confirmed, true));
+    }
+
+    pub fn is_confirmed(&self) -> bool {
+        self.state.borrow().confirmed
+    }
+
+    /// Waits until the version is confirmed (`true`) or the download ended without it.
+    pub async fn wait_confirmed(&self) -> bool {
+        let mut rx = self.state.subscribe();
+        let state = rx
+            .wait_for(|s| s.confirmed || s.ended)
+            .await
+            .expect("the sender lives in self");
+        state.confirmed
+    }
+
+    pub fn is_ended(&self) -> bool {
+        self.state.borrow().ended
+    }
+
+    /// A reader needs bytes `r` (clamped to the file), which have not landed.
+    pub fn demand(&self, r: Range<u64>) {
+        let r = r.start.min(self.size)..r.end.min(self.size);
+        if r.is_empty() {
+            return;
+        }
+        self.demands.lock().expect("demands").push(r);
+        self.demanded.notify_one();
+    }
+
+    /// The ranges demanded since the last call, waiting for at least one.
+    pub async fn next_demands(&self) -> Vec<Range<u64>> {
+        loop {
+            let taken = std::mem::take(&mut *self.demands.lock().expect("demands"));
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.demanded.notified().await;
+        }
+    }
+
+    /// Whether bytes `r` (clamped to the file) have all landed.
+    pub fn has(&self, r: &Range<u64>) -> bool {
+        let r = r.start.min(self.size)..r.end.min(self.size);
+        self.state.borrow().ranges.contains(&r)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -229,6 +330,12 @@ mod properties {
             let (start, len) = probe;
             let wanted = start..start + len;
             let expected = model[wanted.start as usize..wanted.end as usize].iter().all(|b| *b);
+            let inside: u64 = set.within(&wanted).iter().map(|r| r.end - r.start).sum();
+            prop_assert_eq!(inside, model[wanted.start as usize..wanted.end as usize].iter().filter(|b| **b).count() as u64);
+            let mut removed = set.clone();
+            removed.remove(wanted.clone());
+            prop_assert!(removed.within(&wanted).is_empty());
+            prop_assert_eq!(removed.len() + inside, set.len());
             prop_assert_eq!(set.contains(&wanted), expected);
             prop_assert_eq!(set.prefix(), model.iter().take_while(|b| **b).count() as u64);
         }

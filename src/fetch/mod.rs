@@ -6,6 +6,7 @@
 pub mod azcopy;
 pub mod landed;
 pub mod native;
+pub mod plan;
 pub mod select;
 pub mod sizing;
 
@@ -27,6 +28,14 @@ pub enum FetchError {
     },
     #[error("{tool}: {message}")]
     Tool { tool: FetcherKind, message: String },
+    /// A range fetched to be served before the whole-file check did not pass the
+    /// service's range MD5 (or came without one).
+    #[error("{blob:?}: bytes {range:?} failed their range check: {what}")]
+    RangeCheck {
+        blob: String,
+        range: std::ops::Range<u64>,
+        what: String,
+    },
     #[error("{blob:?}: received {actual} bytes, expected {expected}")]
     SizeMismatch {
         blob: String,
@@ -50,14 +59,15 @@ impl Classify for FetchError {
             FetchError::Storage(e) => e.kind(),
             FetchError::Io { source, .. } => io_kind(source),
             FetchError::Tool { .. } => ErrorKind::Other,
-            FetchError::SizeMismatch { .. } => ErrorKind::Corrupt,
+            FetchError::SizeMismatch { .. } | FetchError::RangeCheck { .. } => ErrorKind::Corrupt,
         }
     }
 }
 
 impl crate::storage::Retryable for FetchError {
+    /// A range that failed its check is fetched again, whole, within the retry budget.
     fn is_transient(&self) -> bool {
-        self.kind() == ErrorKind::Transient
+        self.kind() == ErrorKind::Transient || matches!(self, FetchError::RangeCheck { .. })
     }
 }
 

@@ -14,12 +14,13 @@
 //!   left to do.
 
 use super::landed::{Landed, LandedState};
+use super::plan::Plan;
 use super::{FetchError, FetchJob, FetchReport, Fetcher, FetcherKind, ProgressSink};
 use crate::digest::{Digests, Hasher};
-use crate::storage::{BlobMeta, BlobStore, RetryPolicy, StorageError};
+use crate::storage::{BlobMeta, BlobStore, RetryPolicy, StorageError, MAX_CHECKED_RANGE};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -37,6 +38,10 @@ pub struct NativeConfig {
     pub chunk_size: u64,
     /// GETs in flight.
     pub parallelism: usize,
+    /// Fetch ranges of at most [`MAX_CHECKED_RANGE` (4 MiB)] and check each against the
+    /// service's range MD5 before it counts as landed: for plain-HTTP endpoints, where
+    /// nothing else protects a byte served before the whole-file check.
+    pub check_ranges: bool,
     /// How long a range keeps being retried after transient faults (a broken or stalled
     /// connection, a short body, throttling, server errors); it resumes where it stopped.
     pub retry: RetryPolicy,
@@ -48,6 +53,7 @@ impl Default for NativeConfig {
         Self {
             chunk_size: 32 << 20,
             parallelism: 8,
+            check_ranges: false,
             retry: RetryPolicy::default(),
         }
     }
@@ -59,23 +65,29 @@ pub struct NativeFetcher {
     config: NativeConfig,
 }
 
-/// One byte range of one download, and everything its GETs write to.
-struct RangeJob<'a> {
+/// Smallest range a reader's demand fetches: a footer or a random read costs one short
+/// GET, however small the read.
+pub const DEMAND_GRANULE: u64 = 256 << 10;
+
+/// Demand GETs in flight beside the background ones.
+const MAX_DEMANDS: usize = 4;
+
+/// What every range of one download writes to and reports into.
+struct Shared<'a> {
     meta: &'a BlobMeta,
-    range: Range<u64>,
-    file: &'a Arc<File>,
+    file: Arc<File>,
     dest: &'a Path,
     landed: &'a Landed,
     progress: &'a dyn ProgressSink,
     /// Bytes written by all ranges of the download, for progress reports.
-    total: &'a AtomicU64,
+    total: AtomicU64,
 }
 
-impl RangeJob<'_> {
+impl Shared<'_> {
     /// Writes one batch at `offset` and records it as landed.
     async fn write(&self, data: Bytes, offset: u64) -> Result<u64, FetchError> {
         let n = data.len() as u64;
-        write_batch(self.file, data, offset, self.dest).await?;
+        write_batch(&self.file, data, offset, self.dest).await?;
         self.landed.add(offset..offset + n);
         let now = self.total.fetch_add(n, Ordering::SeqCst) + n;
         self.progress.progress(&self.meta.name, now, self.meta.size);
@@ -83,53 +95,113 @@ impl RangeJob<'_> {
     }
 }
 
+/// Who asked for a range: the background order or a waiting reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claimant {
+    Background,
+    Demand,
+}
+
 impl NativeFetcher {
     pub fn new(store: Arc<dyn BlobStore>, config: NativeConfig) -> Self {
         Self { store, config }
     }
 
-    /// Splits `size` into ranges of at most `chunk_size`, at least one per connection when
-    /// the file is big enough to keep them all busy.
-    fn ranges(&self, size: u64) -> Vec<Range<u64>> {
+    /// The background's piece size: at most `chunk_size`, small enough that every
+    /// connection gets work on a smaller file.
+    fn piece_size(&self, size: u64) -> u64 {
         let per_connection = size.div_ceil(self.config.parallelism.max(1) as u64);
-        let chunk = self
-            .config
-            .chunk_size
-            .min(per_connection.max(WRITE_BATCH as u64))
-            .max(1);
-        (0..size.div_ceil(chunk))
-            .map(|i| i * chunk..((i + 1) * chunk).min(size))
-            .collect()
+        let chunk = match self.config.check_ranges {
+            true => self.config.chunk_size.min(MAX_CHECKED_RANGE),
+            false => self.config.chunk_size,
+        };
+        chunk.min(per_connection.max(WRITE_BATCH as u64)).max(1)
     }
 
-    /// Downloads one range into place, resuming after transient faults from the first
-    /// byte not yet written, until the retry budget is spent.
-    async fn fetch_range(&self, job: RangeJob<'_>) -> Result<(), FetchError> {
+    /// Downloads one range into place: checked piece by piece when ranges are checked,
+    /// else streamed, resuming after transient faults from the first byte not yet
+    /// written, until the retry budget is spent.
+    async fn fetch_range(&self, job: &Shared<'_>, range: Range<u64>) -> Result<(), FetchError> {
+        if self.config.check_ranges {
+            return self.fetch_checked(job, range).await;
+        }
         // The first byte not yet written, kept across attempts.
-        let written_to = AtomicU64::new(job.range.start);
-        let (job, written_to) = (&job, &written_to);
+        let written_to = AtomicU64::new(range.start);
+        let (range, written_to) = (&range, &written_to);
         self.config
             .retry
             .run(|| async move {
                 let mut offset = written_to.load(Ordering::SeqCst);
-                if offset > job.range.start {
-                    tracing::info!(blob = %job.meta.name, range = ?job.range, resume_at = offset, "resuming the range");
+                if offset > range.start {
+                    tracing::info!(blob = %job.meta.name, ?range, resume_at = offset, "resuming the range");
                 }
-                let result = self.stream_into(job, &mut offset).await;
+                let result = self.stream_into(job, range, &mut offset).await;
                 written_to.store(offset, Ordering::SeqCst);
                 result
             })
             .await
     }
 
+    /// Fetches `range` as GETs of at most [`MAX_CHECKED_RANGE`], each compared with the
+    /// service's MD5 of it before it is written and counts as landed. A piece that fails
+    /// the check, comes short or breaks off is fetched again whole.
+    async fn fetch_checked(&self, job: &Shared<'_>, range: Range<u64>) -> Result<(), FetchError> {
+        let mut at = range.start;
+        while at < range.end {
+            let piece = at..range.end.min(at + MAX_CHECKED_RANGE);
+            let piece_ref = &piece;
+            self.config
+                .retry
+                .run(|| async move {
+                    let meta = job.meta;
+                    let got = self
+                        .store
+                        .read_range_md5(&meta.name, piece_ref.clone(), &meta.etag)
+                        .await?;
+                    // The service answered for the pinned version.
+                    job.landed.confirm();
+                    let failed = |what: String| {
+                        tracing::warn!(blob = %meta.name, range = ?piece_ref, %what, "a range failed its check; fetching it again");
+                        FetchError::RangeCheck { blob: meta.name.clone(), range: piece_ref.clone(), what }
+                    };
+                    let expected = piece_ref.end - piece_ref.start;
+                    if got.data.len() as u64 != expected {
+                        return Err(failed(format!("{} bytes arrived, {expected} expected", got.data.len())));
+                    }
+                    let Some(sent) = got.md5 else {
+                        return Err(failed("the service sent no Content-MD5 for it".into()));
+                    };
+                    let data = got.data;
+                    let (actual, data) = tokio::task::spawn_blocking(move || (crate::digest::md5(&data), data))
+                        .await
+                        .expect("MD5 task panicked");
+                    if actual != sent {
+                        return Err(failed(format!("its MD5 is {actual}, the service sent {sent}")));
+                    }
+                    job.write(data, piece_ref.start).await?;
+                    Ok(())
+                })
+                .await?;
+            at = piece.end;
+        }
+        Ok(())
+    }
+
     /// One GET of the rest of the range, streamed to disk; `offset` tracks the first byte
     /// not written.
-    async fn stream_into(&self, job: &RangeJob<'_>, offset: &mut u64) -> Result<(), FetchError> {
-        let (meta, end) = (job.meta, job.range.end);
+    async fn stream_into(
+        &self,
+        job: &Shared<'_>,
+        range: &Range<u64>,
+        offset: &mut u64,
+    ) -> Result<(), FetchError> {
+        let (meta, end) = (job.meta, range.end);
         let mut body = self
             .store
             .read_stream(&meta.name, *offset..end, &meta.etag)
             .await?;
+        // The service answered for the pinned version.
+        job.landed.confirm();
         let mut batch = BytesMut::new();
         loop {
             let piece = match body.next().await.transpose() {
@@ -144,7 +216,7 @@ impl NativeFetcher {
             };
             if let Some(piece) = &piece {
                 if *offset + (batch.len() + piece.len()) as u64 > end {
-                    return Err(short_body(meta, &job.range, "more bytes than asked for"));
+                    return Err(short_body(meta, range, "more bytes than asked for"));
                 }
                 batch.extend_from_slice(piece);
             }
@@ -158,11 +230,54 @@ impl NativeFetcher {
         if *offset != end {
             return Err(short_body(
                 meta,
-                &job.range,
-                &format!("the body ended after {} bytes", *offset - job.range.start),
+                range,
+                &format!("the body ended after {} bytes", *offset - range.start),
             ));
         }
         Ok(())
+    }
+
+    /// Fetches every byte once: `parallelism` background pieces in flight, in order, plus
+    /// up to [`MAX_DEMANDS`] ranges readers are waiting for, fetched at once.
+    async fn fetch_all(&self, job: &Shared<'_>) -> Result<(), FetchError> {
+        let size = job.meta.size;
+        let plan = Plan::new(size);
+        let piece = self.piece_size(size);
+        let parallelism = self.config.parallelism.max(1);
+        let mut running = FuturesUnordered::new();
+        let (mut background, mut demands) = (0usize, 0usize);
+        let fetch = |who: Claimant, range: Range<u64>| async move {
+            (who, self.fetch_range(job, range).await)
+        };
+        loop {
+            while background < parallelism {
+                let Some(range) = plan.claim_next(piece) else {
+                    break;
+                };
+                running.push(fetch(Claimant::Background, range));
+                background += 1;
+            }
+            if running.is_empty() && plan.all_claimed() {
+                return Ok(());
+            }
+            tokio::select! {
+                Some((who, result)) = running.next() => {
+                    result?;
+                    match who {
+                        Claimant::Background => background -= 1,
+                        Claimant::Demand => demands -= 1,
+                    }
+                }
+                wanted = job.landed.next_demands(), if demands < MAX_DEMANDS && !plan.all_claimed() => {
+                    for want in wanted {
+                        for range in plan.claim_demand(want, DEMAND_GRANULE) {
+                            running.push(fetch(Claimant::Demand, range));
+                            demands += 1;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -186,6 +301,7 @@ impl Fetcher for NativeFetcher {
                     actual: data.len() as u64,
                 });
             }
+            job.landed.confirm();
             job.progress.progress(&meta.name, 0, 0);
             return Ok(FetchReport {
                 fetcher: FetcherKind::Native,
@@ -193,7 +309,6 @@ impl Fetcher for NativeFetcher {
             });
         }
         reserve_space(&file, meta.size).map_err(|e| FetchError::io(dest, e))?;
-        let file = Arc::new(file);
         let (stop_follower, stopped) = tokio::sync::oneshot::channel::<()>();
         let follower = tokio::spawn(follow_and_hash(
             dest.to_path_buf(),
@@ -202,22 +317,15 @@ impl Fetcher for NativeFetcher {
             stopped,
             job.hash_md5,
         ));
-        let total = AtomicU64::new(0);
-        let download = stream::iter(self.ranges(meta.size))
-            .map(|range| {
-                self.fetch_range(RangeJob {
-                    meta,
-                    range,
-                    file: &file,
-                    dest,
-                    landed: job.landed,
-                    progress: job.progress,
-                    total: &total,
-                })
-            })
-            .buffer_unordered(self.config.parallelism.max(1))
-            .try_collect::<()>()
-            .await;
+        let shared = Shared {
+            meta,
+            file: Arc::new(file),
+            dest,
+            landed: job.landed,
+            progress: job.progress,
+            total: AtomicU64::new(0),
+        };
+        let download = self.fetch_all(&shared).await;
         // The follower finishes what has landed, then stops (short, after a failure).
         drop(stop_follower);
         let digests = follower.await.expect("hash follower panicked");
@@ -367,17 +475,19 @@ mod tests {
     }
 
     #[test]
-    fn ranges_cover_the_file_exactly_and_keep_every_connection_busy() {
+    fn pieces_are_at_most_a_chunk_and_keep_every_connection_busy() {
         let f = fetcher(32 << 20, 8);
-        for size in [1, 1000, (1 << 20) + 1, 100 << 20, 1 << 30] {
-            let ranges = f.ranges(size);
-            assert_eq!(ranges[0].start, 0);
-            assert_eq!(ranges.last().unwrap().end, size);
-            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
-            assert!(ranges.iter().all(|r| r.end - r.start <= 32 << 20));
-        }
-        assert_eq!(f.ranges(1 << 30).len(), 32);
-        assert_eq!(f.ranges(100 << 20).len(), 8, "spread over all connections");
+        assert_eq!(f.piece_size(1 << 30), 32 << 20);
+        assert_eq!(
+            f.piece_size(100 << 20),
+            (100 << 20) / 8,
+            "spread over all connections"
+        );
+        assert_eq!(
+            f.piece_size(1000),
+            WRITE_BATCH as u64,
+            "no piece smaller than a batch"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]

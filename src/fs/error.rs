@@ -1,9 +1,11 @@
 //! Errors of filesystem operations, each with the errno the kernel gets. The causes from
 //! below classify themselves ([`Classify`]); this file only names the core's own.
 
-use crate::error::Classify;
+use crate::error::{Classify, ErrorKind};
+use crate::materialise::download::StreamError;
 use crate::materialise::MaterialiseError;
 use crate::storage::StorageError;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
@@ -23,6 +25,12 @@ pub enum FsError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Materialise(#[from] MaterialiseError),
+    /// An open that waited for a download that failed.
+    #[error(transparent)]
+    Open(Arc<MaterialiseError>),
+    /// A read or close of a file whose download failed after it was opened.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
     #[error("local I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -38,6 +46,13 @@ impl FsError {
             FsError::BadHandle => libc::EBADF,
             FsError::Storage(e) => e.kind().errno(),
             FsError::Materialise(e) => e.kind().errno(),
+            FsError::Open(e) => e.kind().errno(),
+            // The version an open handle reads changed or vanished under it: the handle
+            // has no other version to turn to (ESTALE would only make sense at open).
+            FsError::Stream(e) => match e.kind() {
+                ErrorKind::Changed | ErrorKind::NotFound => libc::EIO,
+                kind => kind.errno(),
+            },
             FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         }
     }

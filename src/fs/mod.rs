@@ -11,6 +11,7 @@ use crate::cache::CachedFile;
 use crate::digest::{xxh3_128_file, Xxh3Digest};
 use crate::error::{Classify, ErrorKind};
 use crate::location::Location;
+use crate::materialise::download::{Download, Opened, StreamError};
 use crate::materialise::{MaterialiseError, Materialiser};
 use crate::single_flight::SingleFlight;
 use crate::storage::BlobStore;
@@ -74,12 +75,32 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
-/// An open file: the verified cache file it reads from.
+/// Where an open file's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// The verified cache file.
+    Cached(Arc<File>),
+    /// The download in progress: reads wait for the bytes they cover; once it is
+    /// published, the entry it made.
+    Streaming(Arc<Download>),
+}
+
+/// An open file.
 #[derive(Debug, Clone)]
 pub struct OpenFile {
     pub fh: u64,
     pub ino: Ino,
-    pub file: Arc<File>,
+    pub content: Content,
+}
+
+impl OpenFile {
+    /// The verified cache file, when the open found one (passthrough needs it).
+    pub fn cached_file(&self) -> Option<&File> {
+        match &self.content {
+            Content::Cached(file) => Some(file),
+            Content::Streaming(_) => None,
+        }
+    }
 }
 
 pub struct AdlsFs {
@@ -301,18 +322,19 @@ impl AdlsFs {
         Ok(cached)
     }
 
-    /// Opens a file for reading: materialises and verifies it first. Writers get EROFS.
+    /// Opens a file for reading. A cached file opens at once; otherwise its download
+    /// starts and the open returns once the service has confirmed the listed version (or,
+    /// with `--verify-before-read`, once the whole file is verified). Writers get EROFS.
     pub async fn open(&self, ino: Ino, write: bool) -> Result<OpenFile> {
         if write {
             return Err(FsError::ReadOnly);
         }
         let node = self.file_node(ino)?;
-        let held = self
+        let opened = self
             .materialiser
-            .open(&self.entry_key(&node), &node.meta)
+            .open_early(&self.entry_key(&node), &node.meta)
             .await
             .inspect_err(|e| {
-                self.log_failure(&node, e);
                 // The blob changed or disappeared since it was listed.
                 if matches!(e.kind(), ErrorKind::Changed | ErrorKind::NotFound) {
                     // This inode's version is gone: the parent must be listed again.
@@ -322,13 +344,19 @@ impl AdlsFs {
                         table.invalidate(parent);
                     }
                 }
-            })?;
-        if let Some(d) = held.cached.xxh3 {
-            let _ = node.digest.set(d);
-        }
-        let file = Arc::new(held.file);
+            })
+            .map_err(FsError::Open)?;
+        let content = match opened {
+            Opened::Published(held) => {
+                if let Some(d) = held.cached.xxh3 {
+                    let _ = node.digest.set(d);
+                }
+                Content::Cached(Arc::new(held.file))
+            }
+            Opened::Streaming(download) => Content::Streaming(download),
+        };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let open = OpenFile { fh, ino, file };
+        let open = OpenFile { fh, ino, content };
         self.handles
             .lock()
             .expect("handles")
@@ -339,21 +367,40 @@ impl AdlsFs {
         Ok(open)
     }
 
-    /// Reads from an open file's cache copy (for kernels without passthrough).
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let file = Arc::clone(&self.handle(fh)?.file);
-        let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            }
+    /// The read when it needs no waiting (a cached file, or landed bytes), so the
+    /// adapter can answer it inline; `None` when it must wait for the download.
+    pub fn read_now(&self, fh: u64, offset: u64, size: u32) -> Option<Result<Vec<u8>>> {
+        let open = match self.handle(fh) {
+            Ok(open) => open,
+            Err(e) => return Some(Err(e)),
+        };
+        match &open.content {
+            Content::Cached(file) => Some(read_at(file, offset, size).map_err(FsError::from)),
+            Content::Streaming(d) => d.read_now(offset, size).map(|r| r.map_err(FsError::from)),
         }
-        buf.truncate(filled);
-        Ok(buf)
+    }
+
+    /// Reads from an open file (for kernels without passthrough, and for files still
+    /// arriving), waiting for the bytes it covers to land.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let open = self.handle(fh)?;
+        match &open.content {
+            Content::Cached(file) => Ok(read_at(file, offset, size)?),
+            Content::Streaming(d) => Ok(d.read(offset, size).await?),
+        }
+    }
+
+    /// A close of a descriptor: fails (EIO) once the file's download or final check
+    /// failed, so a reader that got bytes of a version that did not verify learns it.
+    /// Never waits for the verdict.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        match self.handle(fh)?.content {
+            Content::Streaming(d) => match d.failure() {
+                Some(e) => Err(StreamError::Failed(e).into()),
+                None => Ok(()),
+            },
+            Content::Cached(_) => Ok(()),
+        }
     }
 
     pub fn handle(&self, fh: u64) -> Result<OpenFile> {
@@ -450,4 +497,19 @@ impl AdlsFs {
     pub fn inode_count(&self) -> usize {
         self.table().len()
     }
+}
+
+fn read_at(file: &File, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; size as usize];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
 }

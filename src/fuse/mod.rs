@@ -8,7 +8,7 @@ pub mod dir;
 pub mod session;
 
 use crate::fs::{AdlsFs, Attr, DirEntry, FsError, Kind};
-use backing::BackingCache;
+use backing::{BackingCache, Served};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
@@ -231,10 +231,12 @@ impl Filesystem for FuseAdapter {
                 Err(e) => return reply.error(errno(&e)),
             };
             if passthrough.load(Ordering::SeqCst) {
-                match backing.attach(ino.0, open.fh, || reply.open_backing(open.file.as_ref())) {
-                    Ok(id) => {
+                let open_backing = |file: &std::fs::File| reply.open_backing(file);
+                match backing.attach(ino.0, open.fh, open.cached_file(), open_backing) {
+                    Ok(Served::Passthrough(id)) => {
                         return reply.opened_passthrough(FileHandle(open.fh), FopenFlags::empty(), &id);
                     }
+                    Ok(Served::Daemon) => {}
                     Err(e) => {
                         // Not permitted or not supported after all: read through the daemon.
                         tracing::warn!(error = %e, "FUSE passthrough unavailable; serving reads with pread");
@@ -242,7 +244,8 @@ impl Filesystem for FuseAdapter {
                     }
                 }
             }
-            // One inode is one immutable blob version, so the kernel may keep its pages.
+            // One inode is one immutable blob version (and bytes served during its
+            // download are that version's), so the kernel may keep its pages.
             reply.opened(FileHandle(open.fh), FopenFlags::FOPEN_KEEP_CACHE);
         });
     }
@@ -258,21 +261,34 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
+        // Cached files and landed bytes are answered here; bytes still to come are
+        // awaited in a task, never on a FUSE thread.
+        match self.fs.read_now(fh.0, offset, size) {
+            Some(Ok(data)) => return reply.data(&data),
+            Some(Err(e)) => return reply.error(errno(&e)),
+            None => {}
         }
+        let fs = Arc::clone(&self.fs);
+        self.rt.spawn(async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn flush(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        match self.fs.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn release(

@@ -20,6 +20,7 @@
 //! - Landed byte ranges ([`crate::fetch::landed`]) are tracked per fetch; today an open
 //!   waits for the whole file.
 
+pub mod download;
 pub mod error;
 pub mod verify;
 
@@ -32,9 +33,11 @@ use crate::fetch::{FetchJob, FetchReport, Fetcher, NoProgress, ProgressSink};
 use crate::metrics::Metrics;
 use crate::single_flight::SingleFlight;
 use crate::storage::BlobMeta;
+use download::{Attempt, Download, Opened};
 pub use error::MaterialiseError;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 use verify::{verify_digests, verify_file, Verified, VerifyError, VerifyPolicy};
 
@@ -45,6 +48,8 @@ pub struct Materialiser {
     fetcher: Arc<dyn Fetcher>,
     policy: VerifyPolicy,
     flights: SingleFlight<EntryKey>,
+    /// Downloads readers may join while they run (this process).
+    downloads: Mutex<HashMap<EntryKey, Weak<Download>>>,
     progress: Arc<dyn ProgressSink>,
     metrics: Arc<Metrics>,
     /// Set at shutdown: downloads still running are abandoned.
@@ -67,6 +72,7 @@ impl Materialiser {
             fetcher,
             policy,
             flights: SingleFlight::new(),
+            downloads: Mutex::new(HashMap::new()),
             progress: Arc::new(NoProgress),
             metrics: Arc::new(Metrics::default()),
             cancel: tokio::sync::watch::Sender::new(false),
@@ -104,21 +110,87 @@ impl Materialiser {
     /// absent, and records the use (for eviction). The file holds a shared lock that keeps
     /// eviction away from it while it is open.
     pub async fn open(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
-        let held = self.entry(key, meta).await?;
-        if let Ok(modified) = held.file.metadata().and_then(|m| m.modified()) {
-            entry::touch(&held.file, modified);
-        }
+        let held = self.entry(key, meta, None).await?;
+        touch(&held);
         Ok(held)
+    }
+
+    /// Opens `key` for reading as early as it can be read: the verified cache file when
+    /// there is one, else the download, as soon as the service has confirmed the version
+    /// (joining this process's download of it when one runs). The download runs on by
+    /// itself, to publication, whether or not its readers stay. With
+    /// [`VerifyPolicy::before_read`], waits for the verified file as [`Materialiser::open`].
+    pub async fn open_early(
+        self: &Arc<Self>,
+        key: &EntryKey,
+        meta: &BlobMeta,
+    ) -> Result<Opened, Arc<MaterialiseError>> {
+        if self.policy.before_read {
+            return match self.open(key, meta).await {
+                Ok(held) => Ok(Opened::Published(held)),
+                Err(e) => {
+                    log_failure(key, &e);
+                    Err(Arc::new(e))
+                }
+            };
+        }
+        if let Some(hit) = self.cache.lookup(key, meta.size) {
+            self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            touch(&hit);
+            return Ok(Opened::Published(hit));
+        }
+        let download = self.join_or_start(key, meta);
+        download.wait_readable().await?;
+        Ok(Opened::Streaming(download))
+    }
+
+    fn join_or_start(self: &Arc<Self>, key: &EntryKey, meta: &BlobMeta) -> Arc<Download> {
+        let mut downloads = self.downloads.lock().expect("downloads");
+        if let Some(running) = downloads.get(key).and_then(Weak::upgrade) {
+            return running;
+        }
+        let download = Arc::new(Download::new(meta.size));
+        downloads.insert(key.clone(), Arc::downgrade(&download));
+        let (this, key, meta) = (Arc::clone(self), key.clone(), meta.clone());
+        let running = Arc::clone(&download);
+        tokio::spawn(async move {
+            let result = this.entry(&key, &meta, Some(&running)).await;
+            if let Err(e) = &result {
+                log_failure(&key, e);
+            }
+            running.finish(
+                result
+                    .map(|held| {
+                        touch(&held);
+                        Arc::new(held)
+                    })
+                    .map_err(Arc::new),
+            );
+            let mut downloads = this.downloads.lock().expect("downloads");
+            if downloads
+                .get(&key)
+                .is_some_and(|d| d.as_ptr() == Arc::as_ptr(&running))
+            {
+                downloads.remove(&key);
+            }
+        });
+        download
     }
 
     /// Makes sure `key` is in the cache (prefetch, hashing on demand).
     pub async fn ensure(&self, key: &EntryKey, meta: &BlobMeta) -> Result<CachedFile> {
-        Ok(self.entry(key, meta).await?.cached)
+        Ok(self.entry(key, meta, None).await?.cached)
     }
 
     /// The entry, held from the moment it is found or published: eviction can never remove
     /// it before the caller has it.
-    async fn entry(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+    /// When `download` is given, readers follow the fetch through it.
+    async fn entry(
+        &self,
+        key: &EntryKey,
+        meta: &BlobMeta,
+        download: Option<&Download>,
+    ) -> Result<HeldEntry> {
         if let Some(hit) = self.cache.lookup(key, meta.size) {
             self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
@@ -135,12 +207,17 @@ impl Materialiser {
         }
         // Holding the entry lock: any temporary for this entry belongs to a dead process.
         self.cache.remove_stale_temporaries(Some(key));
-        self.materialise(key, meta).await
+        self.materialise(key, meta, download).await
     }
 
     /// Materialises `key`, counting a failure under its kind, whichever step failed.
-    async fn materialise(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
-        let result = self.reserve_and_fetch(key, meta).await;
+    async fn materialise(
+        &self,
+        key: &EntryKey,
+        meta: &BlobMeta,
+        download: Option<&Download>,
+    ) -> Result<HeldEntry> {
+        let result = self.reserve_and_fetch(key, meta, download).await;
         if let Err(e) = &result {
             self.metrics.record_failure(e.kind());
         }
@@ -151,16 +228,23 @@ impl Materialiser {
     /// publishes. Two failures get one more download each: bytes that fail verification
     /// (a flip in transit passes every transport check; only a second download tells it
     /// from a blob whose recorded digest is wrong), and a disk that filled up meanwhile
-    /// (after an eviction).
-    async fn reserve_and_fetch(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+    /// (after an eviction). Bytes readers may have been served are never fetched again:
+    /// a failed check then fails every handle.
+    async fn reserve_and_fetch(
+        &self,
+        key: &EntryKey,
+        meta: &BlobMeta,
+        download: Option<&Download>,
+    ) -> Result<HeldEntry> {
         verify::check_verifiable(meta, self.policy)?;
         let reservation = self.cache.reserve(&meta.name, meta.size).await?;
         self.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
         let (mut refetched, mut evicted) = (false, false);
         let result = loop {
-            let result = self.fetch_verify_publish(key, meta).await;
+            let result = self.fetch_verify_publish(key, meta, download).await;
+            let streamed = download.is_some_and(Download::has_streamed);
             match &result {
-                Err(e) if e.kind() == ErrorKind::Corrupt && !refetched => {
+                Err(e) if e.kind() == ErrorKind::Corrupt && !refetched && !streamed => {
                     refetched = true;
                     tracing::warn!(blob = %meta.name, error = %e, "downloaded bytes failed verification; downloading once more");
                 }
@@ -181,10 +265,15 @@ impl Materialiser {
         result
     }
 
-    async fn fetch_verify_publish(&self, key: &EntryKey, meta: &BlobMeta) -> Result<HeldEntry> {
+    async fn fetch_verify_publish(
+        &self,
+        key: &EntryKey,
+        meta: &BlobMeta,
+        download: Option<&Download>,
+    ) -> Result<HeldEntry> {
         let tmp = self.cache.new_temporary(key)?;
         let started = Instant::now();
-        let landed = Landed::new(meta.size);
+        let landed = Arc::new(Landed::new(meta.size));
         let job = FetchJob {
             meta,
             dest: tmp.path(),
@@ -192,9 +281,21 @@ impl Materialiser {
             landed: &landed,
             hash_md5: verify::needs_md5(meta),
         };
+        // Readers join once the service has confirmed the version.
+        let announce = async {
+            if let Some(download) = download {
+                let reader = tmp.open_reader()?;
+                if landed.wait_confirmed().await {
+                    let landed = Arc::clone(&landed);
+                    download.stream(Arc::new(Attempt { landed, reader }));
+                }
+            }
+            std::future::pending::<Result<FetchReport>>().await
+        };
         let mut cancelled = self.cancel.subscribe();
         let fetched = tokio::select! {
             report = self.fetcher.fetch(&job) => report.map_err(MaterialiseError::from),
+            failed = announce => failed,
             _ = cancelled.wait_for(|c| *c) => Err(MaterialiseError::Cancelled),
         };
         // Nothing more will land, whatever happened.
@@ -257,4 +358,16 @@ impl Materialiser {
         .await
         .expect("verify task panicked")
     }
+}
+
+/// Records a use of the entry, for eviction.
+fn touch(held: &HeldEntry) {
+    if let Ok(modified) = held.file.metadata().and_then(|m| m.modified()) {
+        entry::touch(&held.file, modified);
+    }
+}
+
+/// The one log line of a failed materialisation.
+fn log_failure(key: &EntryKey, e: &MaterialiseError) {
+    tracing::error!(blob = %key.uri(), error = %e, "could not materialise; its readers get an error and nothing was cached");
 }

@@ -13,6 +13,9 @@ use std::path::Path;
 pub struct VerifyPolicy {
     /// Refuse blobs with neither xxh3 metadata nor Content-MD5 (`--require-digest`).
     pub require_digest: bool,
+    /// Serve no byte before the whole file is verified (`--verify-before-read`); by
+    /// default reads are served during the fetch from transit-protected landed ranges.
+    pub before_read: bool,
 }
 
 /// What checked a file.
@@ -199,9 +202,11 @@ mod tests {
 
     const STRICT: VerifyPolicy = VerifyPolicy {
         require_digest: true,
+        before_read: false,
     };
     const LENIENT: VerifyPolicy = VerifyPolicy {
         require_digest: false,
+        before_read: false,
     };
 
     fn meta(data: &[u8], xxh3: Option<String>, with_md5: Option<Md5Digest>) -> BlobMeta {

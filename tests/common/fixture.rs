@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Mount arguments for a native download of one 1 MiB range at a time, which takes
 /// seconds for a blob of 100 MiB or more on loopback: long enough to act during it.
@@ -202,6 +202,7 @@ impl Fixture {
         let cache = Cache::open(&self.cache()).expect("opening the fixture's cache");
         let policy = VerifyPolicy {
             require_digest: true,
+            ..VerifyPolicy::default()
         };
         Materialiser::new(Arc::new(cache), fetcher, policy).with_metrics(Arc::clone(metrics))
     }
@@ -367,7 +368,18 @@ impl Fixture {
 
     /// The complete cache entries of this container: path below [`Fixture::entry_dir`]
     /// (blob name, `@`, ETag token) → size.
+    ///
+    /// Reads are served while a file still arrives, and its verification and publication
+    /// come after the last byte was read: this first waits (up to 30 s) until no download
+    /// has a temporary left, so it sees what the downloads before it made.
     pub fn cached(&self) -> BTreeMap<String, u64> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.cache().join("tmp").exists()
+            && self.temporaries() > 0
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let dir = self.entry_dir();
         if dir.exists() {
             walk(&dir)

@@ -94,6 +94,24 @@ impl Mount {
         Metrics(super::stdout(&out))
     }
 
+    /// Waits until no download is in progress, and returns the counters then: reads are
+    /// served while a file still arrives, and its verification, fsync and publication
+    /// come after the last byte was read.
+    pub fn settled_metrics(&self) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let metrics = self.metrics();
+            if metrics.get(adlsfs::metrics::FETCHES_IN_FLIGHT) == 0.0 {
+                return metrics;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "downloads still in flight: {metrics}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("mount stopped").id()
     }

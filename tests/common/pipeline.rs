@@ -84,6 +84,7 @@ impl Builder {
             NativeConfig {
                 chunk_size: CHUNK,
                 parallelism: self.parallelism,
+                check_ranges: false,
                 retry: self.retry,
             },
         );

@@ -192,6 +192,11 @@ impl AzureStore {
     }
 
     /// The blob's URL without any credential.
+    /// Whether requests go over TLS (else bytes served early need range checks).
+    pub fn is_https(&self) -> bool {
+        self.rest.endpoint.scheme() == "https"
+    }
+
     pub fn blob_url(&self, name: &str) -> Result<Url> {
         self.rest.blob_url(name)
     }
