@@ -184,6 +184,11 @@ fn a_wrong_digest_found_after_reads_began_fails_every_later_read_and_the_close()
     file.seek(std::io::SeekFrom::Start(20 << 20)).unwrap();
     let err = file.read(&mut head).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The head, read before the verdict and kept in the page cache, is dropped from it:
+    // reading it again reaches the daemon and fails too.
+    wait_until("the head's cached pages to be dropped", || {
+        std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).is_err()
+    });
     let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
     // SAFETY: fd was just released by the File, closed once here.
     assert_eq!(

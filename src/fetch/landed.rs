@@ -4,8 +4,11 @@
 //! it is a small set of disjoint ranges (at most one per connection plus the prefix, since
 //! neighbours merge), kept in a `watch` channel so any number of tasks can wait for the
 //! bytes they need. The hashing follower waits for the prefix to grow; a reader during the
-//! fetch will wait for the range it reads. A download that ends, in success or failure,
-//! says so, and nobody waits for bytes that will never come.
+//! fetch waits for the range it reads and first tells the fetcher it wants it (a demand),
+//! so a fetcher that can fetch out of order brings it at once. The fetcher also records
+//! when the service first confirmed the pinned version: opens return then. A download
+//! that ends, in success or failure, says so, and nobody waits for bytes that will never
+//! come.
 
 use std::ops::Range;
 use std::sync::Mutex;

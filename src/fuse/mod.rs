@@ -11,13 +11,13 @@ use crate::fs::{AdlsFs, Attr, DirEntry, FsError, Kind};
 use backing::{BackingCache, Served};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    INodeNo, InitFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
 };
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Deepest filesystem stack a passthrough backing file may sit on (an overlayfs cache
@@ -30,6 +30,9 @@ pub struct FuseAdapter {
     ttl: Duration,
     passthrough: Arc<AtomicBool>,
     backing: Arc<BackingCache>,
+    /// Set once the session exists: drops an inode's cached pages when its download
+    /// fails, so pages read before the failure are not served from the page cache again.
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl FuseAdapter {
@@ -40,7 +43,13 @@ impl FuseAdapter {
             ttl,
             passthrough: Arc::new(AtomicBool::new(false)),
             backing: Arc::new(BackingCache::default()),
+            notifier: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Where the session's notifier goes once the session is made.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        Arc::clone(&self.notifier)
     }
 
     /// Whether the kernel agreed to passthrough reads (known after init).
@@ -51,6 +60,23 @@ impl FuseAdapter {
 
 fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
+}
+
+/// After a handle learnt that its file's download failed: drops the inode's cached pages
+/// (off the request path, since the kernel may wait on pages other reads hold), so every
+/// later read of that version reaches the daemon and gets the error too.
+fn forget_pages(notifier: &Arc<OnceLock<Notifier>>, ino: INodeNo, e: &FsError) {
+    if !matches!(e, FsError::Stream(_)) {
+        return;
+    }
+    let notifier = Arc::clone(notifier);
+    std::thread::spawn(move || {
+        if let Some(n) = notifier.get() {
+            if let Err(e) = n.inval_inode(ino, 0, 0) {
+                tracing::debug!(error = %e, ino = ino.0, "could not drop the failed file's cached pages");
+            }
+        }
+    });
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -253,7 +279,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -265,14 +291,20 @@ impl Filesystem for FuseAdapter {
         // awaited in a task, never on a FUSE thread.
         match self.fs.read_now(fh.0, offset, size) {
             Some(Ok(data)) => return reply.data(&data),
-            Some(Err(e)) => return reply.error(errno(&e)),
+            Some(Err(e)) => {
+                reply.error(errno(&e));
+                return forget_pages(&self.notifier, ino, &e);
+            }
             None => {}
         }
-        let fs = Arc::clone(&self.fs);
+        let (fs, notifier) = (Arc::clone(&self.fs), Arc::clone(&self.notifier));
         self.rt.spawn(async move {
             match fs.read(fh.0, offset, size).await {
                 Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => {
+                    reply.error(errno(&e));
+                    forget_pages(&notifier, ino, &e);
+                }
             }
         });
     }
@@ -280,14 +312,17 @@ impl Filesystem for FuseAdapter {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
         match self.fs.flush(fh.0) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => {
+                reply.error(errno(&e));
+                forget_pages(&self.notifier, ino, &e);
+            }
         }
     }
 

@@ -122,7 +122,9 @@ pub fn mount(adapter: FuseAdapter, config: &SessionConfig) -> Result<Mounted, Mo
         path: config.mountpoint.clone(),
         source,
     };
+    let notifier = adapter.notifier_slot();
     let mut session = Session::new(adapter, &config.mountpoint, &fuse_config).map_err(fuse_err)?;
+    let _ = notifier.set(session.notifier());
     let unmounter = session.unmount_callable();
     let thread = std::thread::Builder::new()
         .name("fuse-session".into())

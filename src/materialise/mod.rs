@@ -6,6 +6,7 @@
 //! lookup ─hit──────────────────────────────────────────────────────────────▶ entry
 //!    └miss▶ single-flight (this process) ▶ entry lock (all processes) ▶ lookup again
 //!             ▶ reserve space ▶ fetch into tmp/ (landed ranges) ▶ verify ▶ fsync ▶ publish
+//!                                 └─version confirmed▶ readers (download.rs)
 //! ```
 //!
 //! - Concurrent requests for one entry are collapsed: a [`SingleFlight`] per entry in the
@@ -17,8 +18,11 @@
 //!   error: a flip in transit then costs one download, a wrong recorded digest two.
 //! - A download that finds the disk full evicts once and tries once more.
 //! - A failed fetch leaves nothing: its temporary is removed, nothing is published.
-//! - Landed byte ranges ([`crate::fetch::landed`]) are tracked per fetch; today an open
-//!   waits for the whole file.
+//! - Readers need not wait for all of it: [`Materialiser::open_early`] returns a
+//!   [`download::Download`] once the service has confirmed the version, and its reads are
+//!   served from the landed byte ranges ([`crate::fetch::landed`]) while the fetch goes on
+//!   to verification and publication by itself. Bytes readers may have been served are
+//!   never refetched: a failed check then fails every handle.
 
 pub mod download;
 pub mod error;
