@@ -285,11 +285,13 @@ impl Materialiser {
             landed: &landed,
             hash_md5: verify::needs_md5(meta),
         };
-        // Readers join once the service has confirmed the version.
+        // Readers join once the service has confirmed the version. The reader is opened
+        // only then, on the file the fetcher is writing (a failed azcopy run before a
+        // native fallback may have replaced the temporary's inode).
         let announce = async {
             if let Some(download) = download {
-                let reader = tmp.open_reader()?;
                 if landed.wait_confirmed().await {
+                    let reader = tmp.open_reader()?;
                     let landed = Arc::clone(&landed);
                     download.stream(Arc::new(Attempt { landed, reader }));
                 }
@@ -306,7 +308,7 @@ impl Materialiser {
         landed.end();
         let report = fetched?;
         let verified = self
-            .verify_and_sync(tmp.path(), meta, report)
+            .verify(tmp.path(), meta, report)
             .await
             .inspect_err(|e| {
                 if e.kind() == ErrorKind::Corrupt {
@@ -315,6 +317,17 @@ impl Materialiser {
                         .fetch_add(1, Ordering::Relaxed);
                 }
             })?;
+        // Verified: readers still waiting (a fetcher that never confirmed early, such as
+        // azcopy, or a file that landed before they were told) need not wait for the fsync.
+        if let Some(download) = download.filter(|d| !d.has_streamed()) {
+            landed.add(0..meta.size);
+            let reader = tmp.open_reader()?;
+            download.stream(Arc::new(Attempt { landed, reader }));
+        }
+        let path = tmp.path().to_path_buf();
+        tokio::task::spawn_blocking(move || sync_file(&path))
+            .await
+            .expect("fsync task panicked")?;
         let attrs = EntryAttrs {
             uri: Some(key.uri()),
             etag: Some(key.etag.clone()),
@@ -335,9 +348,9 @@ impl Materialiser {
         Ok(held)
     }
 
-    /// Verifies the fetched file (streamed digests when the fetcher had them) and fsyncs
-    /// it, off the async threads.
-    async fn verify_and_sync(
+    /// Verifies the fetched file (streamed digests when the fetcher had them), off the
+    /// async threads.
+    async fn verify(
         &self,
         path: &std::path::Path,
         meta: &BlobMeta,
@@ -356,7 +369,6 @@ impl Materialiser {
                 }
                 None => verify_file(&path, &meta, policy)?,
             };
-            sync_file(&path)?;
             Ok::<_, MaterialiseError>(verified)
         })
         .await
