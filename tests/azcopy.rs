@@ -74,13 +74,14 @@ async fn fetch_into(
     dest: &Path,
     progress: &dyn ProgressSink,
 ) -> Result<FetchReport, FetchError> {
-    let landed = Landed::new(meta.size);
+    let landed = std::sync::Arc::new(Landed::new(meta.size));
     let job = FetchJob {
         meta,
         dest,
         progress,
         landed: &landed,
         hash_md5: false,
+        early: None,
     };
     let report = fetcher.fetch(&job).await;
     if report.is_ok() {

@@ -102,7 +102,7 @@ fn azcopy_fetches_with(flow: Flow) {
     let read = std::fs::read(mount.path().join(BLOB)).unwrap();
     assert!(read == data, "bytes differ:\n{}", mount.log());
     assert_eq!(
-        mount.metrics().fetcher(FETCHES, "azcopy"),
+        mount.settled_metrics().fetcher(FETCHES, "azcopy"),
         1.0,
         "{}",
         mount.log()

@@ -515,3 +515,43 @@ fn prefetch_through_faults_gets_every_file_right_or_names_it() {
         "still nothing cached for the bad one"
     );
 }
+
+#[test]
+fn reads_during_an_azcopy_job_are_served_natively_within_a_tenth_of_the_file() {
+    let fx = Fixture::builder().proxy().start();
+    let proxy = fx.proxy();
+    let data = pattern(24 << 20, 67);
+    fx.upload("job.bin", &data);
+    let mount = fx.mount(&["--fetcher", "azcopy", "--azcopy-min-size", "1M"]);
+    let path = mount.path().join("job.bin");
+    let file = std::fs::File::open(&path).unwrap();
+    let mut tail = vec![0u8; 64 << 10];
+    let at = (data.len() - tail.len()) as u64;
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut tail, at).unwrap();
+    assert!(tail == data[at as usize..], "the footer's bytes");
+    // azcopy needs seconds to start and finish: the open and the footer came before.
+    let during = mount.metrics();
+    assert_eq!(
+        during.fetcher(FETCHES, "azcopy"),
+        0.0,
+        "the job was still running: {during}"
+    );
+    let mut all = Vec::new();
+    (&file).read_to_end(&mut all).unwrap();
+    assert!(all == data, "the whole file, across the job's end");
+    let metrics = mount.settled_metrics();
+    assert_eq!(metrics.fetcher(FETCHES, "azcopy"), 1.0, "{metrics}");
+    assert_eq!(metrics.fetcher(FETCHES, "native"), 0.0, "{metrics}");
+    // The native side's GETs carry no SAS (azcopy's do); each is at most 256 KiB.
+    let all_gets = proxy.count(&format!("GET /devstoreaccount1/{}/job.bin", fx.container));
+    let side_gets = all_gets - proxy.count("/job.bin?");
+    assert!(
+        side_gets >= 2,
+        "the head and the footer came from the side: {side_gets}"
+    );
+    assert!(
+        side_gets as u64 * (256 << 10) <= data.len() as u64 / 10 + (256 << 10),
+        "{side_gets} side GETs: more than a tenth of the file"
+    );
+    assert_eq!(fx.temporaries(), 0, "the side file is gone too");
+}

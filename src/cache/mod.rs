@@ -128,12 +128,6 @@ impl Temporary {
         &self.path
     }
 
-    /// The file opened for reading (what is read through it stays the same file after
-    /// publication, which only renames it).
-    pub fn open_reader(&self) -> Result<File, CacheError> {
-        File::open(&self.path).map_err(|e| CacheError::io(&self.path, e))
-    }
-
     /// The file has been moved into place: nothing to remove.
     fn disarm(&mut self) {
         self.armed = false;

@@ -167,9 +167,10 @@ impl Landed {
     }
 
     /// The service answered a ranged GET pinned to the version: readers may start.
-    pub fn confirm(&self) {
+    /// True for the first confirmation only.
+    pub fn confirm(&self) -> bool {
         self.state
-            .send_if_modified(|s| !std::mem::replace(&mut s.confirmed, true));
+            .send_if_modified(|s| !std::mem::replace(&mut s.confirmed, true))
     }
 
     pub fn is_confirmed(&self) -> bool {

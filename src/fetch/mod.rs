@@ -8,6 +8,7 @@ pub mod landed;
 pub mod native;
 pub mod plan;
 pub mod select;
+pub mod side;
 pub mod sizing;
 
 use crate::digest::Digests;
@@ -16,6 +17,7 @@ use crate::storage::{BlobMeta, StorageError};
 use async_trait::async_trait;
 use landed::Landed;
 use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -110,9 +112,20 @@ pub struct FetchJob<'a> {
     pub dest: &'a Path,
     pub progress: &'a dyn ProgressSink,
     /// Where the fetcher records each byte range as it is written.
-    pub landed: &'a Landed,
+    pub landed: &'a Arc<Landed>,
     /// Verification will need an MD5 (no xxh3 metadata, but Content-MD5): compute it too.
     pub hash_md5: bool,
+    /// Whom to tell when readers may read landed bytes before the fetch ends; `None` when
+    /// nobody reads before the whole file is verified.
+    pub early: Option<&'a dyn EarlyReads>,
+}
+
+/// Lets readers in before a fetch ends. A fetcher that knows which bytes of which file
+/// have landed, for the version the service has confirmed, says so.
+pub trait EarlyReads: Send + Sync {
+    /// From now on readers may read the bytes `landed` records from the file at `path`
+    /// (until another call names other ones, or the fetch ends).
+    fn readable(&self, landed: &Arc<Landed>, path: &Path);
 }
 
 /// Live progress of downloads, the one interface every fetcher reports to (a progress

@@ -15,7 +15,7 @@
 
 use super::landed::{Landed, LandedState};
 use super::plan::Plan;
-use super::{FetchError, FetchJob, FetchReport, Fetcher, FetcherKind, ProgressSink};
+use super::{EarlyReads, FetchError, FetchJob, FetchReport, Fetcher, FetcherKind, ProgressSink};
 use crate::digest::{Digests, Hasher};
 use crate::storage::{BlobMeta, BlobStore, RetryPolicy, StorageError, MAX_CHECKED_RANGE};
 use async_trait::async_trait;
@@ -77,13 +77,23 @@ struct Shared<'a> {
     meta: &'a BlobMeta,
     file: Arc<File>,
     dest: &'a Path,
-    landed: &'a Landed,
+    landed: &'a Arc<Landed>,
+    early: Option<&'a dyn EarlyReads>,
     progress: &'a dyn ProgressSink,
     /// Bytes written by all ranges of the download, for progress reports.
     total: AtomicU64,
 }
 
 impl Shared<'_> {
+    /// The service answered a GET for the pinned version: readers may come in.
+    fn confirmed(&self) {
+        if self.landed.confirm() {
+            if let Some(early) = self.early {
+                early.readable(self.landed, self.dest);
+            }
+        }
+    }
+
     /// Writes one batch at `offset` and records it as landed.
     async fn write(&self, data: Bytes, offset: u64) -> Result<u64, FetchError> {
         let n = data.len() as u64;
@@ -143,48 +153,59 @@ impl NativeFetcher {
     }
 
     /// Fetches `range` as GETs of at most [`MAX_CHECKED_RANGE`], each compared with the
-    /// service's MD5 of it before it is written and counts as landed. A piece that fails
-    /// the check, comes short or breaks off is fetched again whole.
+    /// service's MD5 of it before it is written and counts as landed.
     async fn fetch_checked(&self, job: &Shared<'_>, range: Range<u64>) -> Result<(), FetchError> {
         let mut at = range.start;
         while at < range.end {
             let piece = at..range.end.min(at + MAX_CHECKED_RANGE);
-            let piece_ref = &piece;
-            self.config
-                .retry
-                .run(|| async move {
-                    let meta = job.meta;
-                    let got = self
-                        .store
-                        .read_range_md5(&meta.name, piece_ref.clone(), &meta.etag)
-                        .await?;
-                    // The service answered for the pinned version.
-                    job.landed.confirm();
-                    let failed = |what: String| {
-                        tracing::warn!(blob = %meta.name, range = ?piece_ref, %what, "a range failed its check; fetching it again");
-                        FetchError::RangeCheck { blob: meta.name.clone(), range: piece_ref.clone(), what }
-                    };
-                    let expected = piece_ref.end - piece_ref.start;
-                    if got.data.len() as u64 != expected {
-                        return Err(failed(format!("{} bytes arrived, {expected} expected", got.data.len())));
-                    }
-                    let Some(sent) = got.md5 else {
-                        return Err(failed("the service sent no Content-MD5 for it".into()));
-                    };
-                    let data = got.data;
-                    let (actual, data) = tokio::task::spawn_blocking(move || (crate::digest::md5(&data), data))
-                        .await
-                        .expect("MD5 task panicked");
-                    if actual != sent {
-                        return Err(failed(format!("its MD5 is {actual}, the service sent {sent}")));
-                    }
-                    job.write(data, piece_ref.start).await?;
-                    Ok(())
-                })
+            let data = self
+                .checked_piece(job.meta, &piece, &|| job.confirmed())
                 .await?;
+            job.write(data, piece.start).await?;
             at = piece.end;
         }
         Ok(())
+    }
+
+    /// One piece of at most [`MAX_CHECKED_RANGE`], whose bytes matched the MD5 the service
+    /// sent for them. A piece that fails the check, comes short or breaks off is fetched
+    /// again whole, within the retry budget. `confirmed` is told when the service has
+    /// answered for the pinned version.
+    pub(super) async fn checked_piece(
+        &self,
+        meta: &BlobMeta,
+        piece: &Range<u64>,
+        confirmed: &(dyn Fn() + Sync),
+    ) -> Result<Bytes, FetchError> {
+        self.config
+            .retry
+            .run(|| async move {
+                let got = self
+                    .store
+                    .read_range_md5(&meta.name, piece.clone(), &meta.etag)
+                    .await?;
+                confirmed();
+                let failed = |what: String| {
+                    tracing::warn!(blob = %meta.name, range = ?piece, %what, "a range failed its check; fetching it again");
+                    FetchError::RangeCheck { blob: meta.name.clone(), range: piece.clone(), what }
+                };
+                let expected = piece.end - piece.start;
+                if got.data.len() as u64 != expected {
+                    return Err(failed(format!("{} bytes arrived, {expected} expected", got.data.len())));
+                }
+                let Some(sent) = got.md5 else {
+                    return Err(failed("the service sent no Content-MD5 for it".into()));
+                };
+                let data = got.data;
+                let (actual, data) = tokio::task::spawn_blocking(move || (crate::digest::md5(&data), data))
+                    .await
+                    .expect("MD5 task panicked");
+                if actual != sent {
+                    return Err(failed(format!("its MD5 is {actual}, the service sent {sent}")));
+                }
+                Ok(data)
+            })
+            .await
     }
 
     /// One GET of the rest of the range, streamed to disk; `offset` tracks the first byte
@@ -201,7 +222,7 @@ impl NativeFetcher {
             .read_stream(&meta.name, *offset..end, &meta.etag)
             .await?;
         // The service answered for the pinned version.
-        job.landed.confirm();
+        job.confirmed();
         let mut batch = BytesMut::new();
         loop {
             let piece = match body.next().await.transpose() {
@@ -301,7 +322,11 @@ impl Fetcher for NativeFetcher {
                     actual: data.len() as u64,
                 });
             }
-            job.landed.confirm();
+            if job.landed.confirm() {
+                if let Some(early) = job.early {
+                    early.readable(job.landed, dest);
+                }
+            }
             job.progress.progress(&meta.name, 0, 0);
             return Ok(FetchReport {
                 fetcher: FetcherKind::Native,
@@ -322,6 +347,7 @@ impl Fetcher for NativeFetcher {
             file: Arc::new(file),
             dest,
             landed: job.landed,
+            early: job.early,
             progress: job.progress,
             total: AtomicU64::new(0),
         };
@@ -511,13 +537,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("d");
         std::fs::write(&dest, b"").unwrap();
-        let landed = Landed::new(meta.size);
+        let landed = Arc::new(Landed::new(meta.size));
         let job = FetchJob {
             meta: &meta,
             dest: &dest,
             progress: &super::super::NoProgress,
             landed: &landed,
             hash_md5: true,
+            early: None,
         };
         let report = fetcher.fetch(&job).await.unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), data);

@@ -12,6 +12,7 @@
 
 use super::azcopy::{AzcopyFetcher, AzcopyRun, AzcopyUse};
 use super::native::NativeFetcher;
+use super::side::SideReads;
 use super::{FetchError, FetchJob, FetchReport, Fetcher, FetcherKind};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -65,7 +66,17 @@ impl Fetcher for SelectingFetcher {
         let meta = job.meta;
         let use_ = azcopy_use(self.mode, self.azcopy_min_size, meta.size);
         if let (AzcopyUse::IfFree | AzcopyUse::Wait, Some(azcopy)) = (use_, &self.azcopy) {
-            match azcopy.fetch_job(job, use_).await {
+            // Readers may come in during the job: the native side serves what they wait for.
+            let side = SideReads::new(job);
+            let run = match &side {
+                Some(side) => tokio::select! {
+                    run = azcopy.fetch_job(job, use_) => run,
+                    changed = side.serve(&self.native) => return Err(changed),
+                },
+                None => azcopy.fetch_job(job, use_).await,
+            };
+            drop(side);
+            match run {
                 Ok(AzcopyRun::Fetched) => {
                     return Ok(FetchReport {
                         fetcher: FetcherKind::Azcopy,

@@ -16,9 +16,11 @@ use super::MaterialiseError;
 use crate::cache::HeldEntry;
 use crate::error::{Classify, ErrorKind};
 use crate::fetch::landed::Landed;
+use crate::fetch::EarlyReads;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -105,8 +107,15 @@ impl Download {
         }
     }
 
-    pub(super) fn stream(&self, attempt: Arc<Attempt>) {
-        self.phase.send_replace(Phase::Streaming(attempt));
+    fn stream(&self, attempt: Arc<Attempt>) {
+        // A late word from a fetch must not undo its end.
+        self.phase.send_if_modified(|p| match p {
+            Phase::Starting | Phase::Streaming(_) => {
+                *p = Phase::Streaming(attempt);
+                true
+            }
+            _ => false,
+        });
     }
 
     pub(super) fn finish(&self, result: Result<Arc<HeldEntry>, Arc<MaterialiseError>>) {
@@ -197,4 +206,20 @@ fn read_range(file: &File, range: Range<u64>) -> Result<Vec<u8>, StreamError> {
     }
     buf.truncate(filled);
     Ok(buf)
+}
+
+/// A fetcher's word that readers may come in: they read `landed` from `path`.
+impl EarlyReads for Download {
+    fn readable(&self, landed: &Arc<Landed>, path: &Path) {
+        match File::open(path) {
+            Ok(reader) => self.stream(Arc::new(Attempt {
+                landed: Arc::clone(landed),
+                reader,
+            })),
+            // Readers then wait for the verified file.
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot open the download for early reads")
+            }
+        }
+    }
 }

@@ -33,11 +33,11 @@ use crate::cache::layout::EntryKey;
 use crate::cache::{sync_file, Cache, CachedFile, HeldEntry};
 use crate::error::{Classify, ErrorKind};
 use crate::fetch::landed::Landed;
-use crate::fetch::{FetchJob, FetchReport, Fetcher, NoProgress, ProgressSink};
+use crate::fetch::{EarlyReads, FetchJob, FetchReport, Fetcher, NoProgress, ProgressSink};
 use crate::metrics::Metrics;
 use crate::single_flight::SingleFlight;
 use crate::storage::BlobMeta;
-use download::{Attempt, Download, Opened};
+use download::{Download, Opened};
 pub use error::MaterialiseError;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -151,6 +151,8 @@ impl Materialiser {
     fn join_or_start(self: &Arc<Self>, key: &EntryKey, meta: &BlobMeta) -> Arc<Download> {
         let mut downloads = self.downloads.lock().expect("downloads");
         if let Some(running) = downloads.get(key).and_then(Weak::upgrade) {
+            // An open that joins a download had to download too.
+            self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
             return running;
         }
         let download = Arc::new(Download::new(meta.size));
@@ -284,24 +286,11 @@ impl Materialiser {
             progress: self.progress.as_ref(),
             landed: &landed,
             hash_md5: verify::needs_md5(meta),
-        };
-        // Readers join once the service has confirmed the version. The reader is opened
-        // only then, on the file the fetcher is writing (a failed azcopy run before a
-        // native fallback may have replaced the temporary's inode).
-        let announce = async {
-            if let Some(download) = download {
-                if landed.wait_confirmed().await {
-                    let reader = tmp.open_reader()?;
-                    let landed = Arc::clone(&landed);
-                    download.stream(Arc::new(Attempt { landed, reader }));
-                }
-            }
-            std::future::pending::<Result<FetchReport>>().await
+            early: download.map(|d| d as &dyn EarlyReads),
         };
         let mut cancelled = self.cancel.subscribe();
         let fetched = tokio::select! {
             report = self.fetcher.fetch(&job) => report.map_err(MaterialiseError::from),
-            failed = announce => failed,
             _ = cancelled.wait_for(|c| *c) => Err(MaterialiseError::Cancelled),
         };
         // Nothing more will land, whatever happened.
@@ -317,12 +306,13 @@ impl Materialiser {
                         .fetch_add(1, Ordering::Relaxed);
                 }
             })?;
-        // Verified: readers still waiting (a fetcher that never confirmed early, such as
-        // azcopy, or a file that landed before they were told) need not wait for the fsync.
-        if let Some(download) = download.filter(|d| !d.has_streamed()) {
+        // Verified: readers still waiting need not wait for the fsync. They read the
+        // verified file from now on (after azcopy, they may have read a side file).
+        if let Some(download) = download {
+            let landed = Arc::new(Landed::new(meta.size));
             landed.add(0..meta.size);
-            let reader = tmp.open_reader()?;
-            download.stream(Arc::new(Attempt { landed, reader }));
+            landed.end();
+            download.readable(&landed, tmp.path());
         }
         let path = tmp.path().to_path_buf();
         tokio::task::spawn_blocking(move || sync_file(&path))
