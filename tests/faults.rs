@@ -186,17 +186,7 @@ fn a_blob_overwritten_while_it_streams_gives_old_bytes_then_eio_and_the_new_vers
         got.len()
     );
     // The close after the failure says so too.
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-    // SAFETY: fd was just released by the File, closed once here.
-    assert_eq!(
-        unsafe { libc::close(fd) },
-        -1,
-        "close() reports the failure"
-    );
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EIO)
-    );
+    common::assert_close_fails(file, libc::EIO);
     let metrics = mount.metrics();
     assert_eq!(metrics.failures("changed"), 1.0, "{metrics}");
     assert_eq!(metrics.fetcher(FETCHES, "native"), 0.0, "{metrics}");

@@ -189,17 +189,7 @@ fn a_wrong_digest_found_after_reads_began_fails_every_later_read_and_the_close()
     wait_until("the head's cached pages to be dropped", || {
         std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).is_err()
     });
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-    // SAFETY: fd was just released by the File, closed once here.
-    assert_eq!(
-        unsafe { libc::close(fd) },
-        -1,
-        "close() reports the failed check"
-    );
-    assert_eq!(
-        std::io::Error::last_os_error().raw_os_error(),
-        Some(libc::EIO)
-    );
+    common::assert_close_fails(file, libc::EIO);
     let metrics = mount.metrics();
     // Bytes were served: no second download, whose bytes might differ from those.
     assert_eq!(metrics.get(VERIFICATION_FAILURES), 1.0, "{metrics}");

@@ -291,6 +291,17 @@ pub fn stdout(out: &std::process::Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
+/// Closes `file` with close(2) itself (dropping a `File` ignores close's error) and
+/// asserts that close reported `errno`.
+pub fn assert_close_fails(file: std::fs::File, errno: i32) {
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    // SAFETY: fd was just released by the File and is closed once, here.
+    let rc = unsafe { libc::close(fd) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(rc, -1, "close() succeeded");
+    assert_eq!(err.raw_os_error(), Some(errno), "close(): {err}");
+}
+
 /// Polls `cond` every 25 ms; panics naming `what` after 20 s.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
