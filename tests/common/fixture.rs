@@ -359,6 +359,12 @@ impl Fixture {
         self.azurite.blob_gets(&self.container, blob)
     }
 
+    /// The request log's lines of the GETs Azurite received for `blob`, headers included.
+    /// Panics unless built with `request_log`.
+    pub fn blob_get_lines(&self, blob: &str) -> Vec<String> {
+        self.azurite.blob_get_lines(&self.container, blob)
+    }
+
     /// Where this container's complete cache entries live.
     pub fn entry_dir(&self) -> PathBuf {
         self.cache()
