@@ -307,6 +307,18 @@ impl Fixture {
         endpoint.chain(args.iter().map(|a| a.to_string())).collect()
     }
 
+    /// Mounts the container in the mount(8)/fstab form, `adlsfs <source> <mountpoint> -o
+    /// cache_dir=...,foreground[,endpoint=<proxy>],<options>`.
+    pub fn mount_form(&self, options: &str) -> Mount {
+        let mut all = format!("cache_dir={},foreground", self.cache().display());
+        if let Some(proxy) = &self.proxy {
+            all.push_str(&format!(",endpoint={}", proxy.endpoint()));
+        }
+        all.push(',');
+        all.push_str(options);
+        Mount::start_mount_form(&self.credential_env(), &self.location(), &all)
+    }
+
     /// `adlsfs` with the fixture's credentials ([`Fixture::credential_env`]) and no others.
     pub fn command(&self) -> Command {
         let mut cmd = adlsfs_command();
