@@ -307,6 +307,18 @@ impl Fixture {
         endpoint.chain(args.iter().map(|a| a.to_string())).collect()
     }
 
+    /// Mounts the container in the mount(8)/fstab form, `adlsfs <source> <mountpoint> -o
+    /// cache_dir=...,foreground[,endpoint=<proxy>],<options>`.
+    pub fn mount_form(&self, options: &str) -> Mount {
+        let mut all = format!("cache_dir={},foreground", self.cache().display());
+        if let Some(proxy) = &self.proxy {
+            all.push_str(&format!(",endpoint={}", proxy.endpoint()));
+        }
+        all.push(',');
+        all.push_str(options);
+        Mount::start_mount_form(&self.credential_env(), &self.location(), &all)
+    }
+
     /// `adlsfs` with the fixture's credentials ([`Fixture::credential_env`]) and no others.
     pub fn command(&self) -> Command {
         let mut cmd = adlsfs_command();
@@ -357,6 +369,12 @@ impl Fixture {
     /// GETs Azurite received for `blob`. Panics unless built with `request_log`.
     pub fn blob_gets(&self, blob: &str) -> usize {
         self.azurite.blob_gets(&self.container, blob)
+    }
+
+    /// The request log's lines of the GETs Azurite received for `blob`, headers included.
+    /// Panics unless built with `request_log`.
+    pub fn blob_get_lines(&self, blob: &str) -> Vec<String> {
+        self.azurite.blob_get_lines(&self.container, blob)
     }
 
     /// Where this container's complete cache entries live.

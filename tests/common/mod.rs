@@ -108,6 +108,12 @@ impl Azurite {
     /// GET requests Azurite has received for one blob (ranged or whole), from its request
     /// log. Panics unless started with [`Azurite::start_logged`].
     pub fn blob_gets(&self, container: &str, blob: &str) -> usize {
+        self.blob_get_lines(container, blob).len()
+    }
+
+    /// The request log's lines of the GETs counted by [`Azurite::blob_gets`] (each with
+    /// the request's headers).
+    pub fn blob_get_lines(&self, container: &str, blob: &str) -> Vec<String> {
         let log = self
             .debug_log
             .as_ref()
@@ -121,19 +127,20 @@ impl Azurite {
         // With or without a query (azcopy's requests carry a SAS).
         let plain = format!("RequestMethod=GET RequestURL={url} ");
         let with_query = format!("RequestMethod=GET RequestURL={url}?");
-        let count = || {
+        let lines = || -> Vec<String> {
             std::fs::read_to_string(log)
                 .unwrap_or_default()
                 .lines()
                 .filter(|l| l.contains(&plain) || l.contains(&with_query))
-                .count()
+                .map(str::to_string)
+                .collect()
         };
         // Azurite writes its log asynchronously: wait until the count stops moving.
-        let mut last = count();
+        let mut last = lines();
         loop {
             std::thread::sleep(Duration::from_millis(500));
-            let now = count();
-            if now == last {
+            let now = lines();
+            if now.len() == last.len() {
                 return now;
             }
             last = now;

@@ -24,14 +24,7 @@ impl Mount {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("adlsfs-mnt-")
-            .tempdir()
-            .unwrap();
-        let mountpoint = dir.path().join("mnt");
-        std::fs::create_dir(&mountpoint).unwrap();
-        let log = dir.path().join("mount.log");
-        let log_file = std::fs::File::create(&log).unwrap();
+        let (dir, mountpoint, log) = Self::dirs();
         let mut cmd = Command::new(adlsfs_bin());
         cmd.arg("mount")
             .arg(location)
@@ -41,9 +34,47 @@ impl Mount {
             .arg("--foreground")
             .args(extra)
             .envs(credentials.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "adlsfs=debug")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .envs(env.iter().copied());
+        Self::spawn(cmd, dir, log)
+    }
+
+    /// Mounts `location` in the form mount(8) and fstab run a `fuse.adlsfs` helper with:
+    /// `adlsfs <source> <mountpoint> -o <options>` (`options` should hold `foreground`,
+    /// so the process stays the test's child, and `cache_dir=...`).
+    pub fn start_mount_form(
+        credentials: &[(String, String)],
+        location: &str,
+        options: &str,
+    ) -> Self {
+        let (dir, mountpoint, log) = Self::dirs();
+        let mut cmd = Command::new(adlsfs_bin());
+        cmd.arg(location)
+            .arg(&mountpoint)
+            .args(["-o", options])
+            .envs(credentials.iter().map(|(k, v)| (k, v)));
+        Self::spawn(cmd, dir, log)
+    }
+
+    fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::Builder::new()
+            .prefix("adlsfs-mnt-")
+            .tempdir()
+            .unwrap();
+        let mountpoint = dir.path().join("mnt");
+        std::fs::create_dir(&mountpoint).unwrap();
+        let log = dir.path().join("mount.log");
+        (dir, mountpoint, log)
+    }
+
+    /// Runs `cmd` (logging to `log`, debug level unless `RUST_LOG` is set on it) and waits
+    /// for the mount to appear.
+    fn spawn(mut cmd: Command, dir: tempfile::TempDir, log: PathBuf) -> Self {
+        let mountpoint = dir.path().join("mnt");
+        let log_file = std::fs::File::create(&log).unwrap();
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "adlsfs=debug");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file);
         super::die_with_parent(&mut cmd, libc::SIGTERM);

@@ -65,7 +65,11 @@ pub struct FaultProxy {
     rules: Rules,
     /// Request lines seen, in order ("GET /devstoreaccount1/c/b?...").
     pub seen: Arc<Mutex<Vec<String>>>,
+    /// Each forwarded answer's request line and the body bytes sent of it.
+    sent: Sent,
 }
+
+type Sent = Arc<Mutex<Vec<(String, usize)>>>;
 
 impl FaultProxy {
     /// Starts the proxy on a free port, forwarding to Azurite on `upstream`.
@@ -75,7 +79,8 @@ impl FaultProxy {
         let port = std_listener.local_addr().unwrap().port();
         let rules = Rules::default();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (r, s) = (rules.clone(), Arc::clone(&seen));
+        let sent = Sent::default();
+        let (r, s, b) = (rules.clone(), Arc::clone(&seen), Arc::clone(&sent));
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -85,14 +90,19 @@ impl FaultProxy {
             rt.block_on(async move {
                 let listener = TcpListener::from_std(std_listener).unwrap();
                 while let Ok((client, _)) = listener.accept().await {
-                    let (r, s) = (r.clone(), Arc::clone(&s));
+                    let (r, s, b) = (r.clone(), Arc::clone(&s), Arc::clone(&b));
                     tokio::spawn(async move {
-                        let _ = serve(client, upstream, r, s).await;
+                        let _ = serve(client, upstream, r, s, b).await;
                     });
                 }
             });
         });
-        Self { port, rules, seen }
+        Self {
+            port,
+            rules,
+            seen,
+            sent,
+        }
     }
 
     pub fn endpoint(&self) -> url::Url {
@@ -143,6 +153,17 @@ impl FaultProxy {
             .filter(|l| l.contains(needle))
             .count()
     }
+
+    /// Response body bytes sent for the requests whose line contains `needle`.
+    pub fn bytes_served(&self, needle: &str) -> usize {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(l, _)| l.contains(needle))
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 async fn serve(
@@ -150,6 +171,7 @@ async fn serve(
     upstream: u16,
     rules: Rules,
     seen: Arc<Mutex<Vec<String>>>,
+    sent: Sent,
 ) -> std::io::Result<()> {
     // The request head, then as much body as Content-Length says.
     let mut buf = Vec::new();
@@ -245,6 +267,13 @@ async fn serve(
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(response.len(), |i| i + 4);
+    let body = response.len() - body_start;
+    let sent_body = match fault {
+        Some(Fault::Stall | Fault::DropAnswer) => 0,
+        Some(Fault::CutShort | Fault::ResetMidBody) => body / 2,
+        _ => body,
+    };
+    sent.lock().unwrap().push((request_line, sent_body));
     match fault {
         None | Some(Fault::Before(_)) | Some(Fault::Status(..)) => {
             client.write_all(&response).await?
