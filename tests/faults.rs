@@ -186,7 +186,11 @@ fn a_blob_overwritten_while_it_streams_gives_old_bytes_then_eio_and_the_new_vers
         got.len()
     );
     // The close after the failure says so too.
-    common::assert_close_fails(file, libc::EIO);
+    assert_eq!(
+        common::close_errno(file),
+        libc::EIO,
+        "close() reports the failure"
+    );
     let metrics = mount.metrics();
     assert_eq!(metrics.failures("changed"), 1.0, "{metrics}");
     assert_eq!(metrics.fetcher(FETCHES, "native"), 0.0, "{metrics}");

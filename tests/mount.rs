@@ -189,7 +189,11 @@ fn a_wrong_digest_found_after_reads_began_fails_every_later_read_and_the_close()
     wait_until("the head's cached pages to be dropped", || {
         std::os::unix::fs::FileExt::read_at(&file, &mut head, 0).is_err()
     });
-    common::assert_close_fails(file, libc::EIO);
+    assert_eq!(
+        common::close_errno(file),
+        libc::EIO,
+        "close() reports the failure"
+    );
     let metrics = mount.metrics();
     // Bytes were served: no second download, whose bytes might differ from those.
     assert_eq!(metrics.get(VERIFICATION_FAILURES), 1.0, "{metrics}");
@@ -298,7 +302,7 @@ fn ls_of_another_directory_returns_while_a_large_download_runs() {
     );
     let open_time = reader.join().unwrap();
     assert!(
-        ls_time < Duration::from_secs(1),
+        ls_time < Duration::from_millis(2500),
         "ls took {ls_time:?} while a download ran"
     );
     assert!(

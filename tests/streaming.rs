@@ -16,7 +16,6 @@ use common::proxy::Fault;
 use common::{pattern, stderr, wait_until};
 use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::IntoRawFd;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
@@ -38,16 +37,6 @@ fn trickle(fx: &Fixture, blob: &str) {
     let slow = Fault::Trickle(Duration::from_millis(1));
     fx.proxy()
         .add("GET", &format!("/{blob}"), true, slow, 100_000);
-}
-
-/// The errno of `close()` on the file's descriptor (0 when it succeeds).
-fn close_errno(file: File) -> i32 {
-    let fd = file.into_raw_fd();
-    // SAFETY: fd was just released by the File and is closed once, here.
-    match unsafe { libc::close(fd) } {
-        0 => 0,
-        _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
-    }
 }
 
 /// The errno of a failed read, or 0 when it succeeded.
@@ -265,8 +254,8 @@ fn a_handle_opened_during_the_download_stays_good_across_publication_and_beside_
         rest == data[head.len()..],
         "the early handle reads the rest"
     );
-    assert_eq!(close_errno(second), 0);
-    assert_eq!(close_errno(early), 0);
+    assert_eq!(common::close_errno(second), 0);
+    assert_eq!(common::close_errno(early), 0);
 
     // None left open: this one may use passthrough.
     let mut third = File::open(&path).expect("the third open");
@@ -457,7 +446,7 @@ fn the_cache_disk_filling_up_mid_stream_does_not_break_the_download() {
     // The whole file was allocated up front: the stream completes and is published.
     file.read_to_end(&mut got).expect("the stream completes");
     assert!(got == data, "every byte right");
-    assert_eq!(close_errno(file), 0);
+    assert_eq!(common::close_errno(file), 0);
     let metrics = mount.settled_metrics();
     assert_eq!(metrics.fetcher(FETCHES, "native"), 1.0, "{metrics}");
     assert_eq!(metrics.total(FETCH_FAILURES), 0.0, "{metrics}");
@@ -520,8 +509,16 @@ fn a_failed_final_check_fails_both_open_handles_reads_and_closes() {
     // Offsets neither handle read (nor the kernel read ahead).
     assert_eq!(read_errno(&mut a, 12 << 20, 4096), libc::EIO);
     assert_eq!(read_errno(&mut b, 14 << 20, 4096), libc::EIO);
-    assert_eq!(close_errno(a), libc::EIO, "close() of the first handle");
-    assert_eq!(close_errno(b), libc::EIO, "close() of the second handle");
+    assert_eq!(
+        common::close_errno(a),
+        libc::EIO,
+        "close() of the first handle"
+    );
+    assert_eq!(
+        common::close_errno(b),
+        libc::EIO,
+        "close() of the second handle"
+    );
     let metrics = mount.metrics();
     assert_eq!(metrics.get(VERIFICATION_FAILURES), 1.0, "{metrics}");
     assert_eq!(metrics.total(FETCH_FAILURES), 1.0, "{metrics}");
