@@ -38,9 +38,10 @@ pub struct NativeConfig {
     pub chunk_size: u64,
     /// GETs in flight.
     pub parallelism: usize,
-    /// Fetch ranges of at most [`MAX_CHECKED_RANGE` (4 MiB)] and check each against the
-    /// service's range MD5 before it counts as landed: for plain-HTTP endpoints, where
-    /// nothing else protects a byte served before the whole-file check.
+    /// Fetch ranges of at most [`MAX_CHECKED_RANGE`] (4 MiB) and check each against the
+    /// service's range MD5 before it counts as landed, when readers may be served before
+    /// the whole-file check (not for prefetch): for plain-HTTP endpoints, where nothing
+    /// else protects such a byte.
     pub check_ranges: bool,
     /// How long a range keeps being retried after transient faults (a broken or stalled
     /// connection, a short body, throttling, server errors); it resumes where it stopped.
@@ -79,6 +80,9 @@ struct Shared<'a> {
     dest: &'a Path,
     landed: &'a Arc<Landed>,
     early: Option<&'a dyn EarlyReads>,
+    /// Ranges are checked against the range MD5: they may be served before the
+    /// whole-file check, and nothing else protects them in transit.
+    checked: bool,
     progress: &'a dyn ProgressSink,
     /// Bytes written by all ranges of the download, for progress reports.
     total: AtomicU64,
@@ -119,9 +123,9 @@ impl NativeFetcher {
 
     /// The background's piece size: at most `chunk_size`, small enough that every
     /// connection gets work on a smaller file.
-    fn piece_size(&self, size: u64) -> u64 {
+    fn piece_size(&self, size: u64, checked: bool) -> u64 {
         let per_connection = size.div_ceil(self.config.parallelism.max(1) as u64);
-        let chunk = match self.config.check_ranges {
+        let chunk = match checked {
             true => self.config.chunk_size.min(MAX_CHECKED_RANGE),
             false => self.config.chunk_size,
         };
@@ -132,7 +136,7 @@ impl NativeFetcher {
     /// else streamed, resuming after transient faults from the first byte not yet
     /// written, until the retry budget is spent.
     async fn fetch_range(&self, job: &Shared<'_>, range: Range<u64>) -> Result<(), FetchError> {
-        if self.config.check_ranges {
+        if job.checked {
             return self.fetch_checked(job, range).await;
         }
         // The first byte not yet written, kept across attempts.
@@ -263,7 +267,7 @@ impl NativeFetcher {
     async fn fetch_all(&self, job: &Shared<'_>) -> Result<(), FetchError> {
         let size = job.meta.size;
         let plan = Plan::new(size);
-        let piece = self.piece_size(size);
+        let piece = self.piece_size(size, job.checked);
         let parallelism = self.config.parallelism.max(1);
         let mut running = FuturesUnordered::new();
         let (mut background, mut demands) = (0usize, 0usize);
@@ -348,6 +352,7 @@ impl Fetcher for NativeFetcher {
             dest,
             landed: job.landed,
             early: job.early,
+            checked: self.config.check_ranges && job.early.is_some(),
             progress: job.progress,
             total: AtomicU64::new(0),
         };
@@ -503,14 +508,19 @@ mod tests {
     #[test]
     fn pieces_are_at_most_a_chunk_and_keep_every_connection_busy() {
         let f = fetcher(32 << 20, 8);
-        assert_eq!(f.piece_size(1 << 30), 32 << 20);
+        assert_eq!(f.piece_size(1 << 30, false), 32 << 20);
         assert_eq!(
-            f.piece_size(100 << 20),
+            f.piece_size(1 << 30, true),
+            4 << 20,
+            "checked: at most 4 MiB"
+        );
+        assert_eq!(
+            f.piece_size(100 << 20, false),
             (100 << 20) / 8,
             "spread over all connections"
         );
         assert_eq!(
-            f.piece_size(1000),
+            f.piece_size(1000, false),
             WRITE_BATCH as u64,
             "no piece smaller than a batch"
         );

@@ -151,7 +151,7 @@ impl RestClient {
         let (first, last) = (range.start, range.end - 1);
         let mut headers = HeaderMap::new();
         headers.insert(
-            "x-ms-range",
+            reqwest::header::RANGE,
             HeaderValue::from_str(&format!("bytes={first}-{last}")).expect("ASCII range"),
         );
         headers.insert(
