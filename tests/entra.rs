@@ -181,3 +181,66 @@ fn the_private_ca_is_trusted_only_through_ssl_cert_file() {
     assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
     stdout(&fx.cli(&args));
 }
+
+/// A token endpoint that refuses connections: the one error names the credential kind,
+/// the endpoint and the variables to check, once.
+#[test]
+fn an_unreachable_token_endpoint_is_named_with_what_to_check_once() {
+    let (fx, _) = fixture(Flow::ManagedIdentity);
+    let closed = format!("https://127.0.0.1:{}/msi/token", common::free_port());
+    let started = std::time::Instant::now();
+    let out = fx
+        .command()
+        .env("AZURE_MSI_ENDPOINT", &closed)
+        .args(["ls", &fx.location(), "--retry-timeout", "2s"])
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    for wanted in [
+        "managed identity",
+        closed.as_str(),
+        "AZURE_MSI_ENDPOINT",
+        "NO_PROXY",
+    ] {
+        assert!(err.contains(wanted), "{wanted:?} missing from: {err}");
+    }
+    assert_eq!(err.matches(closed.as_str()).count(), 1, "said once: {err}");
+}
+
+/// A token endpoint that refuses the credential: the error names the credential kind, the
+/// endpoint, the service's answer and the variables to check.
+#[test]
+fn a_refused_client_secret_is_named_with_the_answer_and_what_to_check() {
+    let (fx, _) = fixture(Flow::ClientSecret);
+    let out = fx
+        .command()
+        .env("AZURE_CLIENT_SECRET", "not-the-secret")
+        .args(["ls", &fx.location(), "--retry-timeout", "2s"])
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    for wanted in [
+        "client secret",
+        "/oauth2/v2.0/token",
+        "400",
+        "AZURE_CLIENT_SECRET",
+    ] {
+        assert!(err.contains(wanted), "{wanted:?} missing from: {err}");
+    }
+    assert!(
+        !err.contains("not-the-secret"),
+        "the secret was printed: {err}"
+    );
+    assert_eq!(
+        err.matches("could not get an Entra ID token").count(),
+        1,
+        "said once: {err}"
+    );
+}

@@ -70,7 +70,57 @@ pub enum Credential {
     Anonymous,
 }
 
+/// Where an Entra ID credential gets its tokens, for error messages that say what to
+/// check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSource {
+    pub kind: &'static str,
+    /// The token endpoint (or command) asked.
+    pub endpoint: String,
+    /// The variables (and facts) that decide it.
+    pub check: &'static str,
+}
+
 impl Credential {
+    /// Where tokens come from, for an Entra ID credential.
+    pub fn token_source(&self) -> Option<TokenSource> {
+        let Credential::Token(vars) = self else {
+            return None;
+        };
+        let var = |k: &str| vars.get(k).map(|v| v.expose().to_string());
+        let authority = || {
+            let host = var("AZURE_AUTHORITY_HOST")
+                .unwrap_or_else(|| "https://login.microsoftonline.com".into());
+            let tenant = var("AZURE_TENANT_ID").unwrap_or_else(|| "<AZURE_TENANT_ID>".into());
+            format!("{}/{tenant}/oauth2/v2.0/token", host.trim_end_matches('/'))
+        };
+        let (endpoint, check) = match self.kind() {
+            "workload identity" => (
+                authority(),
+                "AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_FEDERATED_TOKEN_FILE (readable, not expired) and AZURE_AUTHORITY_HOST, as the AKS workload identity webhook sets them, and that the identity has a federated credential for this service account",
+            ),
+            "client secret" => (
+                authority(),
+                "AZURE_CLIENT_ID, AZURE_TENANT_ID, AZURE_CLIENT_SECRET (not expired) and AZURE_AUTHORITY_HOST",
+            ),
+            "Azure CLI" => (
+                "`az account get-access-token`".into(),
+                "AZURE_USE_AZURE_CLI, that `az` is on PATH and that `az login` was run",
+            ),
+            _ => (
+                var(IDENTITY_ENDPOINT_VAR)
+                    .or_else(|| var("AZURE_MSI_ENDPOINT"))
+                    .unwrap_or_else(|| "http://169.254.169.254/metadata/identity/oauth2/token".into()),
+                "AZURE_MSI_ENDPOINT or IDENTITY_ENDPOINT and IDENTITY_HEADER, AZURE_CLIENT_ID for a user-assigned identity, that a managed identity is assigned to this VM or node pool, and that NO_PROXY lists 169.254.169.254 when a proxy is set",
+            ),
+        };
+        Some(TokenSource {
+            kind: self.kind(),
+            endpoint,
+            check,
+        })
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Credential::AccountKey(_) => "account key",

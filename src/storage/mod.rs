@@ -141,6 +141,13 @@ pub enum StorageError {
     },
     #[error("credentials: {0}")]
     Credentials(String),
+    #[error("could not get an Entra ID token ({kind}) from {endpoint}: {cause}. Check {check}")]
+    TokenRequest {
+        kind: &'static str,
+        endpoint: String,
+        cause: String,
+        check: &'static str,
+    },
     #[error("storage configuration: {0}")]
     Config(String),
     #[error("reading {path}: {source}")]
@@ -167,7 +174,7 @@ impl Classify for StorageError {
             }
             StorageError::Changed { .. } => ErrorKind::Changed,
             StorageError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            StorageError::Auth { .. } => ErrorKind::Auth,
+            StorageError::Auth { .. } | StorageError::TokenRequest { .. } => ErrorKind::Auth,
             StorageError::Unreachable { .. } => ErrorKind::Transient,
             // The body ended before the range did: the connection gave out, a retry resumes.
             StorageError::Service { code, .. } if code == "ShortBody" => ErrorKind::Transient,

@@ -178,6 +178,7 @@ impl AzureStore {
             endpoint: config.endpoint,
             auth,
             retry: config.retry,
+            token_source: config.credential.token_source(),
         };
         Ok(Self {
             store,
@@ -259,6 +260,11 @@ impl AzureStore {
         use object_store::client::{HttpError, HttpErrorKind};
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(err) = cause {
+            // The credential's token request failed (object_store keeps that error type
+            // private: its text says so).
+            if err.to_string().contains("Error performing token request") {
+                return self.rest.token_error(err);
+            }
             if let Some(http) = err.downcast_ref::<HttpError>() {
                 if matches!(
                     http.kind(),

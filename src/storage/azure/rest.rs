@@ -16,6 +16,7 @@
 use super::list_xml::{self, parse_http_date, quoted_etag};
 use super::shared_key;
 use crate::digest::{self, Md5Digest, XXH3_METADATA_KEY};
+use crate::storage::credentials::TokenSource;
 use crate::storage::{
     check_md5_range, short_body, BlobMeta, BlobWrite, BlockId, CheckedRange, DirListing, Metadata,
     Result, RetryPolicy, StagedBlock, StorageError, WriteCondition,
@@ -50,6 +51,8 @@ pub(super) struct RestClient {
     pub endpoint: Url,
     pub auth: RestAuth,
     pub retry: RetryPolicy,
+    /// Where an Entra ID credential's tokens come from, for its errors.
+    pub token_source: Option<TokenSource>,
 }
 
 impl std::fmt::Debug for RestClient {
@@ -415,7 +418,7 @@ impl RestClient {
             RestAuth::Provider(provider) => provider
                 .get_credential()
                 .await
-                .map_err(|e| StorageError::Credentials(e.to_string()))?,
+                .map_err(|e| self.token_error(&e))?,
         };
         match credential.as_ref() {
             AzureCredential::BearerToken(token) => {
@@ -432,6 +435,24 @@ impl RestClient {
             }
         }
         Ok(())
+    }
+
+    /// A failed token request, naming the credential, its endpoint and what to check;
+    /// the cause is the innermost error (object_store's text repeats the endpoint).
+    pub fn token_error(&self, err: &(dyn std::error::Error + 'static)) -> StorageError {
+        let mut cause = err;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
+        match &self.token_source {
+            Some(source) => StorageError::TokenRequest {
+                kind: source.kind,
+                endpoint: source.endpoint.clone(),
+                cause: cause.to_string(),
+                check: source.check,
+            },
+            None => StorageError::Credentials(err.to_string()),
+        }
     }
 
     async fn error_from_response(&self, response: reqwest::Response, what: &str) -> StorageError {
