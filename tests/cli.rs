@@ -199,3 +199,44 @@ fn a_refused_credential_names_the_account_the_container_and_the_role_to_grant() 
     assert!(!err.contains(wrong_key), "never the key: {err}");
     assert_eq!(err.matches("was refused").count(), 1, "said once: {err}");
 }
+
+#[test]
+fn an_expired_sas_says_it_expired_when_and_what_to_do_once() {
+    let fx = Fixture::start();
+    fx.put("f", b"1");
+    let url = fx
+        .store
+        .container_read_url(std::time::Duration::from_secs(1))
+        .unwrap();
+    let sas = url.query().unwrap().to_string();
+    let sig = url
+        .query_pairs()
+        .find(|(k, _)| k == "sig")
+        .unwrap()
+        .1
+        .into_owned();
+    let expiry = url
+        .query_pairs()
+        .find(|(k, _)| k == "se")
+        .unwrap()
+        .1
+        .into_owned();
+    let endpoint = fx.azurite.endpoint().to_string();
+    let args = ["ls", &fx.location(), "--endpoint", endpoint.as_str()];
+    let valid = adlsfs(&args, &[("AZURE_STORAGE_SAS_TOKEN", &sas)]);
+    assert!(
+        valid.status.success(),
+        "the SAS works before its expiry: {}",
+        stderr(&valid)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let refused = adlsfs(&args, &[("AZURE_STORAGE_SAS_TOKEN", &sas)]);
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains(&format!("expired at {expiry}")) && err.contains("AZURE_STORAGE_SAS_TOKEN"),
+        "says when it expired and what to do: {err}"
+    );
+    assert!(!err.contains(&sig), "never the signature: {err}");
+    assert_eq!(err.matches("was refused").count(), 1, "said once: {err}");
+}

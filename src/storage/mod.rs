@@ -141,6 +141,8 @@ pub enum StorageError {
     },
     #[error("credentials: {0}")]
     Credentials(String),
+    #[error("access to {what} was refused: the SAS token expired at {expiry} (its se=): mint a new one (sp=rl, a later se=) and put it in AZURE_STORAGE_SAS_TOKEN or the --credentials-file")]
+    SasExpired { what: String, expiry: String },
     #[error("could not get an Entra ID token ({kind}) from {endpoint}: {cause}. Check {check}")]
     TokenRequest {
         kind: &'static str,
@@ -174,7 +176,9 @@ impl Classify for StorageError {
             }
             StorageError::Changed { .. } => ErrorKind::Changed,
             StorageError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
-            StorageError::Auth { .. } | StorageError::TokenRequest { .. } => ErrorKind::Auth,
+            StorageError::Auth { .. }
+            | StorageError::SasExpired { .. }
+            | StorageError::TokenRequest { .. } => ErrorKind::Auth,
             StorageError::Unreachable { .. } => ErrorKind::Transient,
             // The body ended before the range did: the connection gave out, a retry resumes.
             StorageError::Service { code, .. } if code == "ShortBody" => ErrorKind::Transient,

@@ -237,11 +237,9 @@ impl AzureStore {
                 name: name.to_string(),
                 etag: String::new(),
             },
-            E::Unauthenticated { .. } | E::PermissionDenied { .. } => StorageError::Auth {
-                what: format!("{name} in {}/{}", self.rest.account, self.rest.container),
-                status: 403,
-                code: "AuthenticationFailed".into(),
-            },
+            E::Unauthenticated { .. } | E::PermissionDenied { .. } => {
+                self.rest.refused(name, 403, "AuthenticationFailed".into())
+            }
             E::Generic { source, .. } => self.map_generic(name, source),
             other => StorageError::Client {
                 what: name.to_string(),

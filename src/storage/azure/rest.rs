@@ -437,6 +437,25 @@ impl RestClient {
         Ok(())
     }
 
+    /// The service refused `what` (401/403): an expired SAS says so, with its expiry;
+    /// anything else is [`StorageError::Auth`].
+    pub fn refused(&self, what: &str, status: u16, code: String) -> StorageError {
+        let what = format!("{what} in {}/{}", self.account, self.container);
+        if let RestAuth::Sas(pairs) = &self.auth {
+            let expiry = pairs
+                .iter()
+                .find(|(k, _)| k == "se")
+                .map(|(_, v)| v.as_str());
+            if let Some(se) = expiry.filter(|se| sas_expired(se, chrono::Utc::now())) {
+                return StorageError::SasExpired {
+                    what,
+                    expiry: se.to_string(),
+                };
+            }
+        }
+        StorageError::Auth { what, status, code }
+    }
+
     /// A failed token request, naming the credential, its endpoint and what to check;
     /// the cause is the innermost error (object_store's text repeats the endpoint).
     pub fn token_error(&self, err: &(dyn std::error::Error + 'static)) -> StorageError {
@@ -470,11 +489,9 @@ impl RestClient {
             .map(|m| m.lines().next().unwrap_or("").to_string())
             .unwrap_or_default();
         match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StorageError::Auth {
-                what: format!("{what} in {}/{}", self.account, self.container),
-                status: status.as_u16(),
-                code,
-            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                self.refused(what, status.as_u16(), code)
+            }
             StatusCode::NOT_FOUND if code == "ContainerNotFound" => {
                 StorageError::ContainerNotFound {
                     account: self.account.clone(),
@@ -721,5 +738,37 @@ mod tests {
             check_content_range(Some(&HeaderValue::from_static("bytes */100")), 10, 19).is_err()
         );
         assert!(check_content_range(None, 10, 19).is_ok());
+    }
+}
+
+/// Whether a SAS `se=` value (ISO 8601, as `2026-12-01T12:00:00Z` or a date) lies before
+/// `now`; an unreadable one is not known to have expired.
+fn sas_expired(se: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
+    let at = chrono::DateTime::parse_from_rfc3339(se)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(se, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc())
+        });
+    at.is_some_and(|at| at <= now)
+}
+
+#[cfg(test)]
+mod sas_expiry_tests {
+    use super::sas_expired;
+
+    #[test]
+    fn a_sas_expiry_is_read_in_both_forms_and_an_odd_one_is_not_expired() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert!(sas_expired("2026-12-01T11:59:59Z", now));
+        assert!(!sas_expired("2026-12-01T12:00:01Z", now));
+        assert!(sas_expired("2026-11-30", now));
+        assert!(!sas_expired("2026-12-02", now));
+        assert!(!sas_expired("soon", now));
     }
 }
