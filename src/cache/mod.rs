@@ -84,6 +84,24 @@ pub struct CachedFile {
     pub fetched: bool,
 }
 
+/// Up to `len` bytes of `file` from `offset`, fewer only at its end (a pread loop that
+/// rides out short reads and EINTR).
+pub fn read_at(file: &File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
 /// A cache file opened for reading and shared-locked, so eviction leaves it alone for as
 /// long as `file` is open.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ pub mod inode;
 pub mod names;
 
 use crate::cache::layout::EntryKey;
-use crate::cache::CachedFile;
+use crate::cache::{read_at, CachedFile};
 use crate::digest::{xxh3_128_file, Xxh3Digest};
 use crate::error::{Classify, ErrorKind};
 use crate::location::Location;
@@ -20,7 +20,6 @@ use inode::{FileNode, InodeTable, NodeKind};
 pub use inode::{Ino, ROOT_INO};
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -375,7 +374,9 @@ impl AdlsFs {
             Err(e) => return Some(Err(e)),
         };
         match &open.content {
-            Content::Cached(file) => Some(read_at(file, offset, size).map_err(FsError::from)),
+            Content::Cached(file) => {
+                Some(read_at(file, offset, size as usize).map_err(FsError::from))
+            }
             Content::Streaming(d) => d.read_now(offset, size).map(|r| r.map_err(FsError::from)),
         }
     }
@@ -385,7 +386,7 @@ impl AdlsFs {
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let open = self.handle(fh)?;
         match &open.content {
-            Content::Cached(file) => Ok(read_at(file, offset, size)?),
+            Content::Cached(file) => Ok(read_at(file, offset, size as usize)?),
             Content::Streaming(d) => Ok(d.read(offset, size).await?),
         }
     }
@@ -497,19 +498,4 @@ impl AdlsFs {
     pub fn inode_count(&self) -> usize {
         self.table().len()
     }
-}
-
-fn read_at(file: &File, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; size as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
 }

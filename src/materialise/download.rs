@@ -13,13 +13,12 @@
 //! ```
 
 use super::MaterialiseError;
-use crate::cache::HeldEntry;
+use crate::cache::{read_at, HeldEntry};
 use crate::error::{Classify, ErrorKind};
 use crate::fetch::landed::Landed;
 use crate::fetch::EarlyReads;
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -194,18 +193,11 @@ impl Download {
 }
 
 fn read_range(file: &File, range: Range<u64>) -> Result<Vec<u8>, StreamError> {
-    let mut buf = vec![0u8; (range.end - range.start) as usize];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], range.start + filled as u64) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
+    Ok(read_at(
+        file,
+        range.start,
+        (range.end - range.start) as usize,
+    )?)
 }
 
 /// A fetcher's word that readers may come in: they read `landed` from `path`.
